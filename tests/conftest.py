@@ -1,0 +1,8 @@
+"""Test setup: the repository root on sys.path, and the shared fixture folder."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))

@@ -1,0 +1,1 @@
+"""Shared machinery of the Nasty Teacher scripts: params, losses, checkpoints, errors."""

@@ -1,0 +1,31 @@
+"""Errors a user can cause, each carrying the exit status the scripts end with.
+
+Entry scripts catch `NastyError` at the top and print its message as one line,
+so a bad config or a wrong checkpoint never ends in a traceback from deep inside torch.
+"""
+
+
+class NastyError(Exception):
+    """A problem the user can fix; its message is the whole explanation."""
+
+    exit_code = 1
+
+
+class ConfigError(NastyError):
+    """Bad command line or params.json (usage errors exit with 2, like argparse)."""
+
+    exit_code = 2
+
+
+class CheckpointError(NastyError):
+    """A checkpoint file that cannot be read or does not fit the network."""
+
+    exit_code = 1
+
+
+def did_you_mean(word, choices):
+    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
