@@ -1,0 +1,135 @@
+"""Reading and writing checkpoints in the original's format: {'epoch', 'state_dict', 'optim_dict', ...}.
+
+    save_checkpoint("run/last_model.tar", {"epoch": 3, "state_dict": ..., "optim_dict": ...})
+    checkpoint = load_weights(teacher, "run/best_model.tar", what="teacher resnet18")
+
+Writes are atomic (temporary file in the same folder, then rename), so a killed run
+leaves either the old or the new file. Every load is `weights_only=True`: a file that
+would run code when unpickled is refused. Keys saved from `nn.DataParallel` (`module.`)
+or `torch.compile` (`_orig_mod.`) wrappers load into the bare network.
+"""
+import os
+import pickle
+import tempfile
+import warnings
+
+import torch
+
+from .errors import CheckpointError
+
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_SHOWN = 3  # keys named in a mismatch message
+
+
+def save_checkpoint(path, checkpoint):
+    """Write `checkpoint` to `path` atomically; a failed write keeps the previous file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}") from exc
+        raise
+    _fsync_folder(folder)
+
+
+def _fsync_folder(folder):
+    # makes the rename itself durable; not every platform can open a folder
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path, map_location="cpu"):
+    """The checkpoint dict at `path` (a bare state_dict is wrapped as {'state_dict': ...})."""
+    path = os.fspath(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # pickle-protocol notices are not the user's business
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path} refused: it holds objects other than tensors "
+                                  "and plain data, and unpickling it could run code") from None
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint") from None
+    except Exception as exc:  # torch reports damage as KeyError, EOFError, RuntimeError, ...
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint or is truncated "
+                              f"({type(exc).__name__})") from None
+    return _as_checkpoint(obj, path)
+
+
+def _check_file(path):
+    if not os.path.exists(path):
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+
+
+def _as_checkpoint(obj, path):
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"state_dict": obj}
+    raise CheckpointError(f"checkpoint {path} holds no 'state_dict' (a dict with keys "
+                          f"{sorted(obj)[:5] if isinstance(obj, dict) else type(obj).__name__})")
+
+
+def strip_wrapper_prefixes(state_dict):
+    """Remove `module.` / `_orig_mod.` when every key carries it (DataParallel, torch.compile)."""
+    changed = True
+    while changed and state_dict:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if all(k.startswith(prefix) for k in state_dict):
+                state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
+                changed = True
+    return state_dict
+
+
+def _first(items):
+    return ", ".join(items[:_SHOWN]) + (", ..." if len(items) > _SHOWN else "")
+
+
+def check_fits(model, state_dict, path, what="network"):
+    """Raise CheckpointError naming missing/unexpected keys or differing shapes (first few)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys ({_first(missing)})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
+    if not problems:
+        differ = [f"{k} {list(state_dict[k].shape)} vs {list(v.shape)}"
+                  for k, v in expected.items() if tuple(state_dict[k].shape) != tuple(v.shape)]
+        if differ:
+            problems.append(f"{len(differ)} shapes differ, checkpoint vs {what} ({_first(differ)})")
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit the {what}: {'; '.join(problems)}")
+
+
+def load_weights(model, path, map_location="cpu", what="network"):
+    """Load the weights of the checkpoint at `path` into `model`; returns the checkpoint dict."""
+    checkpoint = load_checkpoint(path, map_location)
+    state_dict = strip_wrapper_prefixes(checkpoint["state_dict"])
+    check_fits(model, state_dict, path, what)
+    model.load_state_dict(state_dict)
+    return checkpoint
