@@ -23,6 +23,12 @@ class CheckpointError(NastyError):
     exit_code = 1
 
 
+class DataError(NastyError):
+    """A data set that is missing, unreadable or malformed; the message names the file."""
+
+    exit_code = 1
+
+
 def did_you_mean(word, choices):
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     import difflib

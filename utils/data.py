@@ -1,0 +1,110 @@
+"""Data sets as uint8 tensors on the training device, augmented and normalised per batch.
+
+    train_loader, test_loader = build_loaders(params, device)
+    for epoch in range(start, params.num_epochs):
+        train_loader.set_epoch(epoch)       # batches and augmentation depend on (seed, epoch) only
+        for images, labels in train_loader: ...
+
+A split costs its uint8 size in device memory; each batch is gathered, augmented with
+batched tensor operations (see utils/augment.py) and converted to normalised float there.
+The same code runs on CPU and CUDA, and draws its random numbers on the CPU, so both see
+identical batches for the same seed.
+"""
+import math
+from functools import partial
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import torch
+
+from .augment import CropFlip, NoAugmentation, RotateFlip
+from .datasets import read_cifar, read_digits, read_tiny_imagenet
+
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
+TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
+
+
+class DatasetSpec(NamedTuple):
+    num_classes: int
+    input_size: int
+    mean: Optional[Tuple[float, ...]]  # None: measured on the training split
+    std: Optional[Tuple[float, ...]]
+    read: Callable                     # read(data_dir, train, num_workers) -> Split
+    augmentation: Callable             # () -> the training augmentation of the original
+
+
+DATASETS = {
+    "cifar10": DatasetSpec(10, 32, CIFAR_MEAN, CIFAR_STD,
+                           lambda d, train, workers: read_cifar(d, "cifar10", train),
+                           partial(CropFlip, padding=4, flip=True)),
+    "cifar100": DatasetSpec(100, 32, CIFAR_MEAN, CIFAR_STD,
+                            lambda d, train, workers: read_cifar(d, "cifar100", train),
+                            partial(CropFlip, padding=4, flip=True)),
+    "tiny_imagenet": DatasetSpec(200, 64, TINY_MEAN, TINY_STD, read_tiny_imagenet,
+                                 partial(RotateFlip, degrees=20)),
+    # mirrored digits are not digits: crop only
+    "digits": DatasetSpec(10, 32, None, None, lambda d, train, workers: read_digits(train),
+                          partial(CropFlip, padding=4, flip=False)),
+}
+
+
+def channel_stats(images):
+    """Per-channel mean and std of uint8 images, on the 0..1 scale."""
+    x = images.double().div_(255.0).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
+
+
+def epoch_generator(seed, epoch):
+    """CPU generator whose stream is a function of (seed, epoch) alone, so a resume is exact."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2 ** 63))
+
+
+class DeviceLoader:
+    """Iterates (normalised float images, int64 labels) batches of a split held on `device`."""
+
+    def __init__(self, split, batch_size, device, mean, std, augmentation=None,
+                 shuffle=False, seed=0):
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.augmentation = augmentation or NoAugmentation()
+        std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        # (x / 255 - mean) / std as one multiply-add
+        self.scale, self.shift = 1.0 / (255.0 * std_t), mean_t / std_t
+        self.epoch = 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_samples(self):
+        return len(self.labels)
+
+    def __iter__(self):
+        n, device = len(self.labels), self.labels.device
+        generator = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        draws = self.augmentation.draw(n, generator)  # one per position in this epoch's order
+        order = order.to(device)
+        draws = {k: v.to(device) for k, v in draws.items()}
+        for start in range(0, n, self.batch_size):  # the last partial batch is kept
+            idx = order[start:start + self.batch_size]
+            images = self.augmentation.apply(
+                self.images[idx], {k: v[start:start + self.batch_size] for k, v in draws.items()})
+            yield images.float() * self.scale - self.shift, self.labels[idx]
+
+
+def build_loaders(params, device, eval_batch_size=None):
+    """(train, test) loaders for `params.dataset` under `params.data_dir`."""
+    spec = DATASETS[params.dataset]
+    train = spec.read(params.data_dir, True, params.num_workers)
+    test = spec.read(params.data_dir, False, params.num_workers)
+    mean, std = (spec.mean, spec.std) if spec.mean else channel_stats(train.images)
+    augmentation = spec.augmentation() if params.augmentation else NoAugmentation()
+    train_loader = DeviceLoader(train, params.batch_size, device, mean, std, augmentation,
+                                shuffle=True, seed=params.seed)
+    test_loader = DeviceLoader(test, eval_batch_size or params.batch_size, device, mean, std)
+    return train_loader, test_loader
