@@ -76,7 +76,6 @@ def rotate_flip(images, angles, flips):
 
     Returns float images holding the original 0-255 values (nearest sampling copies pixels).
     """
-    n = images.shape[0]
     rad = angles.to(torch.float32) * (math.pi / 180.0)
     cos, sin = torch.cos(rad), torch.sin(rad)
     zero = torch.zeros_like(cos)
