@@ -56,6 +56,7 @@ class _ArraysOnly(pickle.Unpickler):
     """Admits the globals a CIFAR batch needs (numpy arrays) and nothing that could run code."""
 
     ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module, name):
@@ -68,18 +69,27 @@ def _read_cifar_batch(path, label_key, num_classes):
     try:
         with open(path, "rb") as f:
             batch = _ArraysOnly(f, encoding="bytes").load()
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        data = np.asarray(batch[b"data"])
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except FileNotFoundError:
         raise DataError(f"CIFAR file {path} is missing") from None
     except Exception as exc:  # truncated, not a pickle, refused global, wrong keys
         raise DataError(f"CIFAR file {path} is unreadable ({type(exc).__name__}: {exc})") from None
+    if data.dtype != np.uint8 and not _integers_in(data, 0, 255):
+        raise DataError(f"CIFAR file {path} holds pixel values that are not integers in 0..255 "
+                        f"(dtype {data.dtype})")
+    data = data.astype(np.uint8, copy=False)
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
         raise DataError(f"CIFAR file {path} holds data of shape {data.shape} with {len(labels)} "
                         "labels; expected N x 3072 and N labels")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise DataError(f"CIFAR file {path} has labels outside 0..{num_classes - 1}")
     return data.reshape(-1, 3, 32, 32), labels
+
+
+def _integers_in(array, low, high):
+    return (array.dtype.kind in "iu" and (array.size == 0 or
+                                           (int(array.min()) >= low and int(array.max()) <= high)))
 
 
 def cifar_folder(data_dir, name, download=True):
@@ -182,7 +192,10 @@ def _raw_val_files(root, annotations, index):
         if len(fields) < 2 or fields[1] not in index:
             raise DataError(f"{annotations} line {number}: expected '<file>\\t<wnid>...' with a known "
                             f"wnid, got {line[:80]!r}")
-        files.append((root / "val" / "images" / fields[0], index[fields[1]]))
+        path = root / "val" / "images" / fields[0]
+        if not path.exists():
+            raise DataError(f"{annotations} line {number}: image {path} is missing")
+        files.append((path, index[fields[1]]))
     return sorted(files, key=lambda item: (item[1], item[0].name))
 
 
@@ -212,6 +225,8 @@ def read_tiny_imagenet(data_dir, train, num_workers=4):
     """Decoded split, from `<root>/cache-{train,val}-uint8.pt` when that matches the files."""
     root = _tiny_root(data_dir)
     files = tiny_files(root, train)
+    if not files:
+        raise DataError(f"Tiny-ImageNet {'train' if train else 'val'} split under {root} has no images")
     cache = root / f"cache-{'train' if train else 'val'}-uint8.pt"
     fingerprint = _fingerprint(files)
     split = _read_cache(cache, fingerprint, len(files))
