@@ -23,6 +23,12 @@ class LossTerms(NamedTuple):
     kl: torch.Tensor     # T^2-scaled KL divergence term (before alpha / weight)
 
 
+def ce_loss(logits, labels):
+    """Plain cross-entropy training (normal teachers and baseline students); kl is 0."""
+    ce = F.cross_entropy(logits, labels)
+    return LossTerms(ce, ce, torch.zeros_like(ce))
+
+
 def soft_kl(target_logits, logits, T):
     """T^2 * KL(softmax(target/T) || softmax(logits/T)), batch mean; the target is a constant.
 

@@ -1,0 +1,217 @@
+"""The training engine shared by train_scratch.py, train_nasty.py and train_kd.py.
+
+    run = prepare(args, mode="kd")                      # params, device, log, data, model, optimiser
+    teacher = frozen_network(run, run.params.teacher_model, run.params.teacher_resume, "teacher")
+    fit(run, kd_objective(teacher, T=run.params.temperature, alpha=run.params.alpha), args.resume)
+
+As the original: Adam for `net`/`mlp`, else SGD (momentum 0.9, weight decay 5e-4); the
+learning rate is multiplied by `gamma` at the start of every epoch listed in `schedule`;
+`best_model.tar` is rewritten whenever the test accuracy is >= the best so far.
+Differences: the test accuracy is exact (correct / total) where the original averaged
+per-batch accuracies, and the test loss is the per-sample mean.
+"""
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import nets
+from .checkpoint import load_weights, save_checkpoint
+from .data import build_loaders
+from .losses import ce_loss, kd_loss, nasty_loss
+from .params import load_params
+from .runtime import check_save_path, seed_everything, select_device, setup_logging
+from .tracking import EpochLog
+
+ADAM_MODELS = ("net", "mlp")
+CHECKPOINT_FORMAT = "nasty-teacher/1"  # marks checkpoints that hold our resume state
+BAR_EVERY = 10  # batches between progress-bar refreshes (each one syncs with the device)
+
+
+class Run(NamedTuple):
+    params: Any
+    device: torch.device
+    save_path: Path
+    log: Any
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: Any
+    test_loader: Any
+
+
+# ----------------------------------------------------------------------------- objectives
+# objective(model, images, labels) -> (logits, LossTerms)
+
+def scratch_objective():
+    def objective(model, images, labels):
+        logits = model(images)
+        return logits, ce_loss(logits, labels)
+    return objective
+
+
+def kd_objective(teacher, T, alpha):
+    def objective(model, images, labels):
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        logits = model(images)
+        return logits, kd_loss(logits, teacher_logits, labels, T, alpha)
+    return objective
+
+
+def nasty_objective(adversarial, T, weight):
+    def objective(model, images, labels):
+        with torch.no_grad():
+            adversarial_logits = adversarial(images)
+        logits = model(images)
+        return logits, nasty_loss(logits, adversarial_logits, labels, T, weight)
+    return objective
+
+
+# ----------------------------------------------------------------------------- setup
+
+def lr_at(epoch, base_lr, schedule, gamma):
+    """Learning rate of 0-based `epoch`: one factor `gamma` per milestone already reached."""
+    return base_lr * gamma ** sum(1 for milestone in schedule if milestone <= epoch)
+
+
+def make_optimizer(model_name, model, lr):
+    if model_name in ADAM_MODELS:
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+
+
+def build_network(params, name, device):
+    return nets.build_model(name, params.num_classes, input_size=params.input_size,
+                            **params.model_options(name)).to(device)
+
+
+def prepare(args, mode, overrides=None):
+    """Everything a run needs, from the command line and `<save_path>/params.json`."""
+    save_path = check_save_path(args.save_path)
+    overrides = dict(overrides or {})
+    if args.data_dir is not None:
+        overrides["data_dir"] = args.data_dir
+    params = load_params(save_path, mode, overrides)
+    device = select_device(args, params)
+    log = setup_logging(save_path)
+    for key, value in params.as_dict().items():
+        log.info(f"{key}:{value}")
+    log.info(f"Device: {device}; number of classes: {params.num_classes}")
+    seed_everything(params.seed)
+    train_loader, test_loader = build_loaders(params, device)
+    log.info(f"Create Model --- {params.model_name}")
+    model = build_network(params, params.model_name, device)
+    optimizer = make_optimizer(params.model_name, model, params.learning_rate)
+    log.info(f"Optimizer: {type(optimizer).__name__}")
+    return Run(params, device, save_path, log, model, optimizer, train_loader, test_loader)
+
+
+def frozen_network(run, name, path, role):
+    """The teacher / adversarial network: loaded, in eval mode, without gradients."""
+    run.log.info(f"Create {role} model --- {name}; load trained weights from {path}")
+    network = build_network(run.params, name, run.device)
+    load_weights(network, path, map_location=run.device,
+                 what=f"{role} {name} with {run.params.num_classes} classes")
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    return network
+
+
+# ----------------------------------------------------------------------------- loops
+
+def train_epoch(run, objective, epoch):
+    """One pass over the training split; returns the per-batch means of the loss terms."""
+    model, optimizer, loader = run.model, run.optimizer, run.train_loader
+    model.train()
+    loader.set_epoch(epoch)
+    totals = torch.zeros(3, device=run.device)
+    correct = torch.zeros((), dtype=torch.long, device=run.device)
+    seen = 0
+    with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True) as bar:
+        for step, (images, labels) in enumerate(loader, 1):
+            logits, terms = objective(model, images, labels)
+            optimizer.zero_grad(set_to_none=True)
+            terms.total.backward()
+            optimizer.step()
+            totals += torch.stack(terms).detach()  # no host sync here
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += len(labels)
+            if step % BAR_EVERY == 0 or step == len(loader):
+                bar.set_postfix(loss=f"{totals[0].item() / step:.3f}",
+                                acc=f"{100.0 * correct.item() / seen:.2f}")
+                bar.update(step - bar.n)
+    loss, ce, kl = (totals / max(1, len(loader))).tolist()
+    return {"loss": loss, "ce": ce, "kl": kl, "acc": 100.0 * correct.item() / max(1, seen)}
+
+
+@torch.no_grad()
+def evaluate(model, loader):
+    """Exact accuracy (percent) and per-sample mean cross-entropy over the whole split."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.long, device=loader.labels.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.labels.device)
+    for images, labels in loader:
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        correct += (logits.argmax(1) == labels).sum()
+    return {"acc": 100.0 * correct.item() / loader.num_samples,
+            "loss": loss_sum.item() / loader.num_samples}
+
+
+def fit(run, objective, resume=None):
+    """Train from the first unfinished epoch to `num_epochs`, checkpointing every epoch."""
+    params, log = run.params, run.log
+    state = resume_state(run, resume) if resume else {"epoch": 0, "best_acc": -1.0, "best_epoch": -1}
+    tracker = EpochLog(run.save_path, log, params.mode, start_epoch=state["epoch"])
+    try:
+        for epoch in range(state["epoch"], params.num_epochs):
+            started = time.time()
+            lr = lr_at(epoch, params.learning_rate, params.schedule, params.gamma)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            # dropout etc. draw from a stream fixed by (seed, epoch): a resumed epoch is the same epoch
+            torch.manual_seed(params.seed * 1_000_003 + epoch)
+            log.info(f"Epoch {epoch + 1}/{params.num_epochs}")
+            log.info(f"Learning Rate {lr}")
+            train = train_epoch(run, objective, epoch)
+            test = evaluate(run.model, run.test_loader)
+            new_best = test["acc"] >= state["best_acc"]
+            if new_best:
+                state.update(best_acc=test["acc"], best_epoch=epoch + 1)
+            save_epoch(run, epoch, test, state, new_best)
+            tracker.record(epoch, lr, train, test, state, new_best, time.time() - started)
+    finally:
+        tracker.close()
+    return state
+
+
+def save_epoch(run, epoch, test, state, new_best):
+    checkpoint = {"epoch": epoch + 1, "state_dict": run.model.state_dict(),
+                  "optim_dict": run.optimizer.state_dict(), "format": CHECKPOINT_FORMAT,
+                  "best_acc": state["best_acc"], "best_epoch": state["best_epoch"],
+                  "eval_acc": test["acc"], "model_name": run.params.model_name,
+                  "dataset": run.params.dataset, "num_classes": run.params.num_classes}
+    save_checkpoint(run.save_path / "last_model.tar", checkpoint)
+    if new_best:
+        save_checkpoint(run.save_path / "best_model.tar", checkpoint)
+
+
+def resume_state(run, path):
+    """Load `path` into the run; returns the epoch to continue from and the best so far."""
+    checkpoint = load_weights(run.model, path, map_location=run.device,
+                              what=f"model {run.params.model_name} with {run.params.num_classes} classes")
+    epoch = int(checkpoint.get("epoch", 0))
+    if checkpoint.get("format") == CHECKPOINT_FORMAT:
+        run.optimizer.load_state_dict(checkpoint["optim_dict"])
+        state = {"epoch": epoch, "best_acc": checkpoint["best_acc"],
+                 "best_epoch": checkpoint["best_epoch"]}
+        run.log.info(f"- Resumed from {path}: continuing after epoch {epoch} with its optimizer "
+                     f"state; best so far {state['best_acc']:.3f} (epoch {state['best_epoch']})")
+        return state
+    run.log.info(f"- Resumed from {path} (original format): weights only; continuing after epoch "
+                 f"{epoch} with a fresh optimizer and no best accuracy on record")
+    return {"epoch": epoch, "best_acc": -1.0, "best_epoch": -1}

@@ -1,0 +1,104 @@
+"""What every entry script shares: its command line, device choice, seeding, logging, exit codes.
+
+    parser = script_parser(__doc__)
+    args = parser.parse_args()
+    device = select_device(args, params)
+
+`run_script(main)` turns a `NastyError` into one line on stderr and its exit code, so
+a user's mistake never ends in a traceback.
+"""
+import argparse
+import logging
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import ConfigError, NastyError
+
+LOGGER_NAME = "nasty"
+
+
+def script_parser(doc):
+    """The flags every training script takes (the original's, plus --device and --data_dir)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[-1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--save_path", required=True,
+                        help="run folder: reads params.json, writes training.log, metrics.jsonl, "
+                             "best_model.tar, last_model.tar and tensorboard scalars")
+    parser.add_argument("--resume", default=None, metavar="PATH",
+                        help="continue from a checkpoint (ours: weights, optimizer, epoch, best "
+                             "accuracy; the original's: weights and epoch, fresh optimizer)")
+    parser.add_argument("--gpu_id", type=int, nargs="+", default=None, metavar="N",
+                        help="which GPU to use (the original's flag); one id")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: a GPU when params.json says cuda: 1 and one exists (default)")
+    parser.add_argument("--data_dir", default=None,
+                        help="data root, overriding data_dir of params.json (default: data)")
+    return parser
+
+
+def select_device(args, params):
+    """CPU or one CUDA device; only an explicit request that cannot be met is an error."""
+    if args.gpu_id and len(args.gpu_id) > 1:
+        raise ConfigError(f"--gpu_id {' '.join(map(str, args.gpu_id))}: several GPUs are used "
+                          "through torchrun (DistributedDataParallel), not DataParallel; "
+                          "give one id here")
+    wants_cuda = args.device == "cuda" or args.gpu_id is not None
+    if args.device == "cpu" and args.gpu_id is not None:
+        raise ConfigError("--device cpu and --gpu_id contradict each other")
+    if wants_cuda and not torch.cuda.is_available():
+        raise ConfigError("CUDA was requested (--device cuda or --gpu_id) but this machine has "
+                          "no usable CUDA device")
+    if args.gpu_id is not None:
+        index = args.gpu_id[0]
+        if not 0 <= index < torch.cuda.device_count():
+            raise ConfigError(f"--gpu_id {index}: no such GPU (this machine has "
+                              f"{torch.cuda.device_count()})")
+        return torch.device("cuda", index)
+    # params.cuda: 1 means "a GPU if there is one", as in the original
+    use_cuda = wants_cuda or (args.device == "auto" and params.cuda and torch.cuda.is_available())
+    return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+
+
+def seed_everything(seed, deterministic=True):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def setup_logging(save_path):
+    """Log to `<save_path>/training.log` (appended: a resumed run continues the same file) and stdout."""
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in list(logger.handlers):  # a second run in the same process logs afresh
+        logger.removeHandler(handler)
+        handler.close()
+    file_handler = logging.FileHandler(Path(save_path) / "training.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s:%(levelname)s: %(message)s"))
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(file_handler)
+    logger.addHandler(console)
+    return logger
+
+
+def check_save_path(save_path):
+    folder = Path(save_path)
+    if not folder.is_dir():
+        raise ConfigError(f"--save_path {save_path}: no such folder (it must hold params.json)")
+    return folder
+
+
+def run_script(main, argv=None):
+    """Run `main(argv)`; user errors become one line on stderr and their exit code."""
+    try:
+        main(argv)
+    except NastyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,80 @@
+"""Per-epoch records of a run: training.log lines (the original's wording), metrics.jsonl, tensorboard.
+
+    tracker = EpochLog(save_path, log, mode="nasty", start_epoch=0)
+    tracker.record(epoch, lr, train_terms, test_metrics, best_state, new_best, seconds)
+
+metrics.jsonl has one JSON object per finished epoch; on resume, lines of epochs after the
+checkpoint are dropped so the file always describes the run that the checkpoints continue.
+"""
+import json
+import os
+from pathlib import Path
+
+# (key in the train terms, log label) per mode; nasty keeps the original's three lines
+TRAIN_LINES = {
+    "scratch": (("loss", "Train loss"),),
+    "kd": (("loss", "Train loss"), ("ce", "Train CE loss"), ("kl", "Train KD (KL) loss")),
+    "nasty": (("loss", "Train loss"), ("ce", "Train teacher loss"), ("kl", "Train adversarial loss")),
+}
+
+
+class EpochLog:
+    def __init__(self, save_path, log, mode, start_epoch=0):
+        self.log, self.mode = log, mode
+        self.metrics_path = Path(save_path) / "metrics.jsonl"
+        keep_epochs_up_to(self.metrics_path, start_epoch)
+        self.writer = _tensorboard_writer(save_path, log)
+
+    def record(self, epoch, lr, train, test, state, new_best, seconds):
+        for key, label in TRAIN_LINES[self.mode]:
+            self.log.info(f"- {label} : {train[key]:05.3f}")
+        self.log.info(f"- Eval metrics : acc: {test['acc']:05.3f} ; loss: {test['loss']:05.3f}")
+        if new_best:
+            self.log.info("- New best model ")
+        self.log.info(f"- So far best epoch: {state['best_epoch']}, best acc: {state['best_acc']:05.3f}")
+        self.log.info(f"- Epoch time: {seconds:.1f}s")
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_ce": train["ce"],
+               "train_kl": train["kl"], "train_acc": train["acc"], "test_acc": test["acc"],
+               "test_loss": test["loss"], "new_best": new_best, "best_acc": state["best_acc"],
+               "best_epoch": state["best_epoch"], "seconds": round(seconds, 3)}
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.writer is not None:
+            for key in ("train_loss", "train_ce", "train_kl", "train_acc", "test_acc", "test_loss", "lr"):
+                self.writer.add_scalar(key.replace("_", "/", 1), row[key], epoch + 1)
+            self.writer.flush()
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path):
+    """The rows of a metrics.jsonl file (a torn last line from a killed write is skipped)."""
+    rows = []
+    if Path(path).exists():
+        for line in Path(path).read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def keep_epochs_up_to(path, last_epoch):
+    rows = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
+    if Path(path).exists():
+        tmp = Path(str(path) + ".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, path)
+
+
+def _tensorboard_writer(save_path, log):
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        log.info("- tensorboardX is not installed: no tensorboard scalars (metrics.jsonl has them all)")
+        return None
+    return SummaryWriter(logdir=str(save_path))
