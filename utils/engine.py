@@ -23,7 +23,9 @@ from .checkpoint import load_weights, save_checkpoint
 from .data import build_loaders
 from .losses import ce_loss, kd_loss, nasty_loss
 from .params import load_params
-from .runtime import check_save_path, seed_everything, select_device, setup_logging
+from .errors import NastyError
+from .runtime import (RunLock, attach_log_file, check_save_path, seed_everything, select_device,
+                      setup_logging)
 from .tracking import EpochLog
 
 ADAM_MODELS = ("net", "mlp")
@@ -96,7 +98,7 @@ def prepare(args, mode, overrides=None):
         overrides["data_dir"] = args.data_dir
     params = load_params(save_path, mode, overrides)
     device = select_device(args, params)
-    log = setup_logging(save_path)
+    log = setup_logging()
     for key, value in params.as_dict().items():
         log.info(f"{key}:{value}")
     log.info(f"Device: {device}; number of classes: {params.num_classes}")
@@ -123,6 +125,9 @@ def frozen_network(run, name, path, role):
 
 # ----------------------------------------------------------------------------- loops
 
+TERM_NAMES = ("total", "ce", "kl")
+
+
 def train_epoch(run, objective, epoch):
     """One pass over the training split; returns the per-batch means of the loss terms."""
     model, optimizer, loader = run.model, run.optimizer, run.train_loader
@@ -130,22 +135,51 @@ def train_epoch(run, objective, epoch):
     loader.set_epoch(epoch)
     totals = torch.zeros(3, device=run.device)
     correct = torch.zeros((), dtype=torch.long, device=run.device)
+    watch = NonFiniteWatch(run.device)
     seen = 0
-    with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True) as bar:
+    # disable=None: no bar when stderr is not a terminal (cluster logs, pipes)
+    with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
+              disable=None) as bar:
         for step, (images, labels) in enumerate(loader, 1):
             logits, terms = objective(model, images, labels)
             optimizer.zero_grad(set_to_none=True)
             terms.total.backward()
             optimizer.step()
-            totals += torch.stack(terms).detach()  # no host sync here
+            stacked = torch.stack(terms).detach()
+            totals += stacked  # no host sync here
+            watch.update(stacked, step)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
             if step % BAR_EVERY == 0 or step == len(loader):
+                watch.check(run, epoch)  # shares the bar's sync: one per BAR_EVERY batches
                 bar.set_postfix(loss=f"{totals[0].item() / step:.3f}",
                                 acc=f"{100.0 * correct.item() / seen:.2f}")
                 bar.update(step - bar.n)
     loss, ce, kl = (totals / max(1, len(loader))).tolist()
     return {"loss": loss, "ce": ce, "kl": kl, "acc": 100.0 * correct.item() / max(1, seen)}
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first batch whose loss terms were not finite."""
+
+    def __init__(self, device):
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.bad_terms = torch.zeros(3, dtype=torch.bool, device=device)
+
+    def update(self, terms, step):
+        bad = ~torch.isfinite(terms)
+        first = (self.first_step < 0) & bad.any()
+        self.first_step = torch.where(first, torch.full_like(self.first_step, step), self.first_step)
+        self.bad_terms = torch.where(first, bad, self.bad_terms)
+
+    def check(self, run, epoch):
+        step = int(self.first_step.item())
+        if step >= 0:
+            names = [n for n, b in zip(TERM_NAMES, self.bad_terms.tolist()) if b]
+            raise Diverged(f"non-finite loss at epoch {epoch + 1}, batch {step} (term "
+                           f"{', '.join(names)}); stopped, the checkpoints in {run.save_path} keep "
+                           "the last finished epoch; try a lower learning_rate"
+                           + (" or weight" if run.params.mode == "nasty" else ""))
 
 
 @torch.no_grad()
@@ -162,31 +196,69 @@ def evaluate(model, loader):
             "loss": loss_sum.item() / loader.num_samples}
 
 
+class Diverged(NastyError):
+    """A non-finite loss: the run stops and keeps its last good checkpoints."""
+
+
+class Interrupted(NastyError):
+    exit_code = 130  # the shell's code for Ctrl-C
+
+
+def resume_path(resume, save_path):
+    """`--resume auto` continues from `<save_path>/last_model.tar` when there is one."""
+    if resume != "auto":
+        return resume
+    last = Path(save_path) / "last_model.tar"
+    return str(last) if last.exists() else None
+
+
 def fit(run, objective, resume=None):
-    """Train from the first unfinished epoch to `num_epochs`, checkpointing every epoch."""
-    params, log = run.params, run.log
-    state = resume_state(run, resume) if resume else {"epoch": 0, "best_acc": -1.0, "best_epoch": -1}
-    tracker = EpochLog(run.save_path, log, params.mode, start_epoch=state["epoch"])
-    try:
-        for epoch in range(state["epoch"], params.num_epochs):
-            started = time.time()
-            lr = lr_at(epoch, params.learning_rate, params.schedule, params.gamma)
-            for group in run.optimizer.param_groups:
-                group["lr"] = lr
-            # dropout etc. draw from a stream fixed by (seed, epoch): a resumed epoch is the same epoch
-            torch.manual_seed(params.seed * 1_000_003 + epoch)
-            log.info(f"Epoch {epoch + 1}/{params.num_epochs}")
-            log.info(f"Learning Rate {lr}")
-            train = train_epoch(run, objective, epoch)
-            test = evaluate(run.model, run.test_loader)
-            new_best = test["acc"] >= state["best_acc"]
-            if new_best:
-                state.update(best_acc=test["acc"], best_epoch=epoch + 1)
-            save_epoch(run, epoch, test, state, new_best)
-            tracker.record(epoch, lr, train, test, state, new_best, time.time() - started)
-    finally:
-        tracker.close()
+    """Train from the first unfinished epoch to `num_epochs`, checkpointing every epoch.
+
+    Nothing in the run folder is written before the folder lock is held and the resume
+    checkpoint has loaded, so a refused run leaves an existing run untouched.
+    """
+    with RunLock(run.save_path):
+        resume = resume_path(resume, run.save_path)
+        state = resume_state(run, resume) if resume else {"epoch": 0, "best_acc": -1.0, "best_epoch": -1}
+        attach_log_file(run.log, run.save_path)
+        tracker = EpochLog(run.save_path, run.log, run.params.mode, start_epoch=state["epoch"])
+        try:
+            for epoch in range(state["epoch"], run.params.num_epochs):
+                run_epoch(run, objective, epoch, state, tracker)
+        except KeyboardInterrupt:
+            raise Interrupted(interrupt_message(run, state)) from None
+        finally:
+            tracker.close()
     return state
+
+
+def run_epoch(run, objective, epoch, state, tracker):
+    params, log = run.params, run.log
+    started = time.time()
+    lr = lr_at(epoch, params.learning_rate, params.schedule, params.gamma)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    # dropout etc. draw from a stream fixed by (seed, epoch): a resumed epoch is the same epoch
+    torch.manual_seed(params.seed * 1_000_003 + epoch)
+    log.info(f"Epoch {epoch + 1}/{params.num_epochs}")
+    log.info(f"Learning Rate {lr}")
+    train = train_epoch(run, objective, epoch)
+    test = evaluate(run.model, run.test_loader)
+    new_best = test["acc"] >= state["best_acc"]
+    if new_best:
+        state.update(best_acc=test["acc"], best_epoch=epoch + 1)
+    save_epoch(run, epoch, test, state, new_best)
+    state["epoch"] = epoch + 1
+    tracker.record(epoch, lr, train, test, state, new_best, time.time() - started)
+
+
+def interrupt_message(run, state):
+    last = run.save_path / "last_model.tar"
+    if state["epoch"] == 0 or not last.exists():
+        return "interrupted before the first epoch finished; nothing to resume"
+    return (f"interrupted; {last} holds epoch {state['epoch']}: continue with "
+            f"--save_path {run.save_path} --resume {last} (or --resume auto)")
 
 
 def save_epoch(run, epoch, test, state, new_best):

@@ -9,6 +9,7 @@ a user's mistake never ends in a traceback.
 """
 import argparse
 import logging
+import logging.handlers
 import random
 import sys
 from pathlib import Path
@@ -71,21 +72,33 @@ def seed_everything(seed, deterministic=True):
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def setup_logging(save_path):
-    """Log to `<save_path>/training.log` (appended: a resumed run continues the same file) and stdout."""
+def setup_logging():
+    """Console logging now; file lines wait in memory until `attach_log_file` (so a run refused
+    during setup leaves an existing training.log untouched)."""
     logger = logging.getLogger(LOGGER_NAME)
     logger.setLevel(logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):  # a second run in the same process logs afresh
         logger.removeHandler(handler)
         handler.close()
-    file_handler = logging.FileHandler(Path(save_path) / "training.log")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s:%(levelname)s: %(message)s"))
     console = logging.StreamHandler(sys.stdout)
     console.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(file_handler)
     logger.addHandler(console)
+    logger.addHandler(logging.handlers.MemoryHandler(capacity=10 ** 6, flushLevel=logging.CRITICAL + 1))
     return logger
+
+
+def attach_log_file(logger, save_path):
+    """Append to `<save_path>/training.log` from now on, starting with the buffered setup lines."""
+    file_handler = logging.FileHandler(Path(save_path) / "training.log")
+    file_handler.setFormatter(logging.Formatter("%(asctime)s:%(levelname)s: %(message)s"))
+    for handler in list(logger.handlers):
+        if isinstance(handler, logging.handlers.MemoryHandler):
+            handler.setTarget(file_handler)
+            handler.flush()
+            logger.removeHandler(handler)
+            handler.close()
+    logger.addHandler(file_handler)
 
 
 def check_save_path(save_path):
@@ -102,3 +115,38 @@ def run_script(main, argv=None):
     except NastyError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+
+
+class RunLock:
+    """One training process per run folder: an exclusive flock on `<save_path>/.lock`.
+
+    The kernel drops the lock when its process dies, even by SIGKILL, so a stale file from
+    a killed run never blocks a new one; the file holds the owner's pid for the message.
+    """
+
+    def __init__(self, save_path):
+        self.path = Path(save_path) / ".lock"
+        self.fd = None
+
+    def __enter__(self):
+        import fcntl
+        import os
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise NastyError(f"{self.path.parent}: another process (pid {owner}) is training in "
+                             "this folder; wait for it or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        import os
+
+        os.close(self.fd)  # closing releases the flock
+        self.fd = None

@@ -1,0 +1,131 @@
+"""Reliability: --resume auto, one run per folder, divergence, Ctrl-C, refused runs write nothing."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import train_kd
+import train_scratch
+from conftest import ROOT
+from utils.engine import Diverged, fit, prepare, scratch_objective
+from utils.losses import ce_loss
+from utils.runtime import RunLock
+from utils.tracking import read_metrics
+
+NET = {"model_name": "net", "num_channels": 8, "dropout_rate": 0.0, "learning_rate": 1e-3,
+       "schedule": [999], "gamma": 0.1, "batch_size": 128, "num_epochs": 1, "num_workers": 0,
+       "augmentation": 1, "cuda": 0, "dataset": "digits"}
+
+
+def _run_dir(path, **overrides):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "params.json").write_text(json.dumps({**NET, **overrides}))
+    return path
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
+
+
+def _script(name, *args, **kwargs):
+    return subprocess.run([sys.executable, str(ROOT / name), *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, **kwargs)
+
+
+def test_resume_auto_starts_fresh_then_continues(tmp_path):
+    run = _run_dir(tmp_path / "run")
+    train_scratch.main(["--save_path", str(run), "--resume", "auto"])  # nothing to resume yet
+    _run_dir(run, num_epochs=2)
+    train_scratch.main(["--save_path", str(run), "--resume", "auto"])
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+    assert f"- Resumed from {run / 'last_model.tar'}" in (run / "training.log").read_text()
+
+
+def test_a_second_process_in_the_same_folder_is_refused(tmp_path):
+    run = _run_dir(tmp_path / "run")
+    (run / "training.log").write_text("earlier run\n")
+    with RunLock(run):
+        result = _script("train_scratch.py", "--save_path", str(run))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (f"error: {run}: another process (pid {os.getpid()}) is training "
+                                     "in this folder; wait for it or stop it first")
+    assert (run / "training.log").read_text() == "earlier run\n"
+    assert not (run / "last_model.tar").exists()
+
+
+def test_a_stale_lock_file_does_not_block(tmp_path):
+    run = _run_dir(tmp_path / "run")
+    (run / ".lock").write_text("999999\n")  # left by a killed process: no flock is held
+    train_scratch.main(["--save_path", str(run)])
+    assert (run / "last_model.tar").exists()
+
+
+def _args(run, resume=None):
+    return SimpleNamespace(save_path=str(run), data_dir=None, device="cpu", gpu_id=None, resume=resume)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(tmp_path):
+    run = _run_dir(tmp_path / "run", num_epochs=2)
+    first = prepare(_args(run), "scratch")
+    fit(first, scratch_objective())
+    before = _snapshot(run)
+    _run_dir(run, num_epochs=3)
+    broken = prepare(_args(run), "scratch")
+    calls = {"n": 0}
+
+    def nan_at_third_batch(model, images, labels):
+        calls["n"] += 1
+        logits = model(images)
+        terms = ce_loss(logits * (float("nan") if calls["n"] == 3 else 1.0), labels)
+        return logits, terms
+    with pytest.raises(Diverged, match=r"non-finite loss at epoch 3, batch 3 \(term total, ce\); stopped"):
+        fit(broken, nan_at_third_batch, resume=str(run / "last_model.tar"))
+    after = _snapshot(run)
+    for name in ("last_model.tar", "best_model.tar", "params.json"):
+        assert name == "params.json" or after[name] == before[name]
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_exploding_nasty_run_exits_1_with_one_line(tmp_path):
+    teacher = _run_dir(tmp_path / "teacher")
+    train_scratch.main(["--save_path", str(teacher)])
+    nasty = _run_dir(tmp_path / "nasty", learning_rate=1e6, model_name="preresnet20",
+                     adversarial_model="net", adversarial_resume=str(teacher / "best_model.tar"),
+                     temperature=4, weight=50.0, batch_size=512)
+    result = _script("train_nasty.py", "--save_path", str(nasty))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: non-finite loss at epoch 1, batch ")
+    assert "try a lower learning_rate or weight" in result.stderr
+    assert not (nasty / "last_model.tar").exists()
+
+
+def test_ctrl_c_stops_with_a_consistent_checkpoint_and_says_how_to_resume(tmp_path):
+    run = _run_dir(tmp_path / "run", num_epochs=200, batch_size=32)
+    process = subprocess.Popen([sys.executable, str(ROOT / "train_scratch.py"), "--save_path", str(run)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "last_model.tar").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().startswith(f"error: interrupted; {run / 'last_model.tar'} holds epoch ")
+    assert stderr.strip().endswith(f"--save_path {run} --resume {run / 'last_model.tar'} (or --resume auto)")
+    epoch = torch.load(run / "last_model.tar", weights_only=True)["epoch"]
+    assert epoch >= 1 and f"holds epoch {epoch}:" in stderr
+
+
+def test_a_refused_kd_run_leaves_the_folder_untouched(tmp_path):
+    run = _run_dir(tmp_path / "student", teacher_model="net", temperature=4, alpha=0.9,
+                   teacher_resume=str(tmp_path / "missing.tar"))
+    (run / "training.log").write_text("an earlier run's log\n")
+    before = _snapshot(run)
+    with pytest.raises(Exception, match="does not exist"):
+        train_kd.main(["--save_path", str(run)])
+    assert _snapshot(run) == before
