@@ -129,3 +129,24 @@ def test_a_refused_kd_run_leaves_the_folder_untouched(tmp_path):
     with pytest.raises(Exception, match="does not exist"):
         train_kd.main(["--save_path", str(run)])
     assert _snapshot(run) == before
+
+
+def test_save_path_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
+    import tempfile
+
+    from utils.errors import ConfigError
+    run = _run_dir(tmp_path / "run")
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(tempfile, "TemporaryFile", read_only)  # root ignores chmod: simulate
+    with pytest.raises(ConfigError, match=r"--save_path .*run: cannot write there \(Permission denied\)"):
+        train_scratch.main(["--save_path", str(run)])
+    assert sorted(p.name for p in run.iterdir()) == ["params.json"]
+
+
+def test_save_path_that_is_not_a_folder_is_refused(tmp_path):
+    result = _script("train_scratch.py", "--save_path", str(tmp_path / "nowhere"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: --save_path {tmp_path / 'nowhere'}: no such folder " \
+                                    "(it must hold params.json)"

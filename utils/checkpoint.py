@@ -12,6 +12,7 @@ import os
 import pickle
 import tempfile
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -38,6 +39,12 @@ def save_checkpoint(path, checkpoint):
             raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}") from exc
         raise
     _fsync_folder(folder)
+
+
+def remove_partial_writes(folder):
+    """Delete temporary files that a write killed half-way left in `folder` (call under the run lock)."""
+    for leftover in Path(folder).glob(".*.tmp"):
+        leftover.unlink(missing_ok=True)
 
 
 def _fsync_folder(folder):

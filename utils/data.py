@@ -17,6 +17,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 
 from .augment import CropFlip, NoAugmentation, RotateFlip
+from .errors import ConfigError
 from .datasets import read_cifar, read_digits, read_tiny_imagenet
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
@@ -97,10 +98,21 @@ class DeviceLoader:
             yield images.float() * self.scale - self.shift, self.labels[idx]
 
 
+def check_batch_size(params, num_train):
+    where = f"{params.path}: batch_size {params.batch_size}"
+    if params.batch_size > num_train:
+        raise ConfigError(f"{where} is larger than the {params.dataset} training split "
+                          f"({num_train} images)")
+    if num_train % params.batch_size == 1:
+        raise ConfigError(f"{where} leaves a last training batch of 1 image ({num_train} images), "
+                          "which batch normalisation cannot train on; choose another batch_size")
+
+
 def build_loaders(params, device, eval_batch_size=None):
     """(train, test) loaders for `params.dataset` under `params.data_dir`."""
     spec = DATASETS[params.dataset]
     train = spec.read(params.data_dir, True, params.num_workers)
+    check_batch_size(params, len(train.labels))
     test = spec.read(params.data_dir, False, params.num_workers)
     mean, std = (spec.mean, spec.std) if spec.mean else channel_stats(train.images)
     augmentation = spec.augmentation() if params.augmentation else NoAugmentation()

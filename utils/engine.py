@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import nets
-from .checkpoint import load_weights, save_checkpoint
+from .checkpoint import load_weights, remove_partial_writes, save_checkpoint
 from .data import build_loaders
 from .losses import ce_loss, kd_loss, nasty_loss
 from .params import load_params
@@ -219,6 +219,7 @@ def fit(run, objective, resume=None):
     checkpoint has loaded, so a refused run leaves an existing run untouched.
     """
     with RunLock(run.save_path):
+        remove_partial_writes(run.save_path)
         resume = resume_path(resume, run.save_path)
         state = resume_state(run, resume) if resume else {"epoch": 0, "best_acc": -1.0, "best_epoch": -1}
         attach_log_file(run.log, run.save_path)
@@ -248,9 +249,11 @@ def run_epoch(run, objective, epoch, state, tracker):
     new_best = test["acc"] >= state["best_acc"]
     if new_best:
         state.update(best_acc=test["acc"], best_epoch=epoch + 1)
+    # order matters for a kill at any point: the metrics row, then best, then last. Until
+    # last_model.tar advances, a resume redoes this epoch identically and rewrites the rest.
+    tracker.record(epoch, lr, train, test, state, new_best, time.time() - started)
     save_epoch(run, epoch, test, state, new_best)
     state["epoch"] = epoch + 1
-    tracker.record(epoch, lr, train, test, state, new_best, time.time() - started)
 
 
 def interrupt_message(run, state):
@@ -267,9 +270,9 @@ def save_epoch(run, epoch, test, state, new_best):
                   "best_acc": state["best_acc"], "best_epoch": state["best_epoch"],
                   "eval_acc": test["acc"], "model_name": run.params.model_name,
                   "dataset": run.params.dataset, "num_classes": run.params.num_classes}
-    save_checkpoint(run.save_path / "last_model.tar", checkpoint)
     if new_best:
         save_checkpoint(run.save_path / "best_model.tar", checkpoint)
+    save_checkpoint(run.save_path / "last_model.tar", checkpoint)
 
 
 def resume_state(run, path):

@@ -22,9 +22,16 @@ from .errors import ConfigError, NastyError
 LOGGER_NAME = "nasty"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`error: ...`, exit 2) like every other error."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def script_parser(doc):
     """The flags every training script takes (the original's, plus --device and --data_dir)."""
-    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[-1],
+    parser = OneLineParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[-1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--save_path", required=True,
                         help="run folder: reads params.json, writes training.log, metrics.jsonl, "
@@ -102,9 +109,17 @@ def attach_log_file(logger, save_path):
 
 
 def check_save_path(save_path):
+    """The run folder, which must exist and take new files (probed with a temporary file)."""
+    import tempfile
+
     folder = Path(save_path)
     if not folder.is_dir():
         raise ConfigError(f"--save_path {save_path}: no such folder (it must hold params.json)")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--save_path {save_path}: cannot write there ({exc.strerror or exc})") from None
     return folder
 
 

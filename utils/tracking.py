@@ -66,7 +66,7 @@ def read_metrics(path):
 def keep_epochs_up_to(path, last_epoch):
     rows = [r for r in read_metrics(path) if r.get("epoch", 0) <= last_epoch]
     if Path(path).exists():
-        tmp = Path(str(path) + ".tmp")
+        tmp = Path(path).with_name(f".{Path(path).name}.tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         os.replace(tmp, path)
 

@@ -1,0 +1,133 @@
+"""A catalogue of bad inputs fed to the real scripts: one clear line, the right exit code, nothing touched.
+
+Exit 2: usage and configuration errors; exit 1: runtime errors (checkpoints, data, divergence).
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nets
+from conftest import ROOT
+from datagen import make_cifar
+from utils.checkpoint import save_checkpoint
+
+GOOD = {"model_name": "net", "num_channels": 8, "dropout_rate": 0.0, "learning_rate": 1e-3,
+        "schedule": [999], "gamma": 0.1, "batch_size": 128, "num_epochs": 1, "num_workers": 0,
+        "augmentation": 1, "cuda": 0, "dataset": "digits"}
+KD = {**GOOD, "teacher_model": "net", "temperature": 4, "alpha": 0.9}
+
+
+def _checkpoint(path, name, num_classes, **options):
+    model = nets.build_model(name, num_classes, **options)
+    save_checkpoint(path, {"epoch": 1, "state_dict": model.state_dict()})
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    make_cifar(root / "cifar", "cifar10", 40, 20)
+    corrupt = root / "corrupt"
+    make_cifar(corrupt, "cifar10", 40, 20)
+    (corrupt / "data-cifar10" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x02garbage")
+    (root / "empty.tar").write_bytes(b"")
+    (root / "a_directory.tar").mkdir()
+    return {"root": root, "cifar": root / "cifar", "corrupt": corrupt,
+            "teacher": _checkpoint(root / "teacher.tar", "net", 10, num_channels=8, dropout_rate=0.0),
+            "mlp": _checkpoint(root / "mlp.tar", "mlp", 10),
+            "teacher100": _checkpoint(root / "t100.tar", "net", 100, num_channels=8, dropout_rate=0.0)}
+
+
+def _params(**changes):
+    values = {**GOOD, **changes}
+    return {k: v for k, v in values.items() if v is not None}
+
+
+# (id, script, params (dict, raw text or None for no file), extra args, exit code, expected text)
+def _cases(f):
+    kd = lambda teacher, **more: {**KD, "teacher_resume": str(teacher), **more}  # noqa: E731
+    return [
+        ("missing --save_path", "train_scratch.py", _params(), ["--no-save-path"], 2, "--save_path"),
+        ("no params.json", "train_scratch.py", None, [], 2, "params.json"),
+        ("malformed JSON", "train_scratch.py", '{"model_name": "net",\n "x" 1}', [], 2,
+         "invalid JSON at line 2, column 6"),
+        ("unknown key", "train_scratch.py", _params(learing_rate=0.1), [], 2,
+         "unknown key 'learing_rate' (did you mean 'learning_rate'?)"),
+        ("missing required key", "train_kd.py",
+         {k: v for k, v in kd(f["teacher"]).items() if k != "alpha"}, [], 2,
+         "missing key 'alpha'"),
+        ("wrong type", "train_scratch.py", _params(batch_size="128"), [], 2, "batch_size"),
+        ("negative learning rate", "train_scratch.py", _params(learning_rate=-0.1), [], 2,
+         "learning_rate"),
+        ("alpha outside [0, 1]", "train_kd.py", kd(f["teacher"], alpha=1.5), [], 2, "alpha"),
+        ("unsorted schedule", "train_scratch.py", _params(schedule=[120, 80]), [], 2, "schedule"),
+        ("unknown model", "train_scratch.py", _params(model_name="resnet19"), [], 2,
+         "unknown model_name 'resnet19' (did you mean 'resnet18'?)"),
+        ("unknown dataset", "train_scratch.py", _params(dataset="cifar11"), [], 2, "cifar11"),
+        ("64x64 data with a 32x32 network", "train_scratch.py",
+         _params(model_name="preresnet20", dataset="tiny_imagenet"), [], 2, "64x64"),
+        ("teacher checkpoint missing", "train_kd.py", kd(f["root"] / "nowhere.tar"), [], 1,
+         "nowhere.tar does not exist"),
+        ("teacher of another architecture", "train_kd.py", kd(f["mlp"]), [], 1,
+         "does not fit the teacher net"),
+        ("teacher with another class count", "train_kd.py", kd(f["teacher100"]), [], 1,
+         "fc2.weight [100, 32] vs [10, 32]"),
+        ("empty file as checkpoint", "train_kd.py", kd(f["root"] / "empty.tar"), [], 1,
+         "is empty (0 bytes)"),
+        ("directory as checkpoint", "train_kd.py", kd(f["root"] / "a_directory.tar"), [], 1,
+         "is a directory, not a file"),
+        ("data folder missing, no network", "train_scratch.py", _params(dataset="cifar10"),
+         ["--data_dir", str(f["root"] / "no_data")], 1, "CIFAR-10 not found: expected"),
+        ("corrupt CIFAR pickle", "train_scratch.py", _params(dataset="cifar10"),
+         ["--data_dir", str(f["corrupt"])], 1, "data_batch_3 is unreadable"),
+        ("GPU that does not exist", "train_scratch.py", _params(), ["--gpu_id", "7"], 2,
+         "--gpu_id" if torch.cuda.is_available() else "no usable CUDA device"),
+        ("CUDA requested without CUDA", "train_scratch.py", _params(), ["--device", "cuda"], 2,
+         "no usable CUDA device"),
+        ("batch larger than the data set", "train_scratch.py",
+         _params(dataset="cifar10", batch_size=64), ["--data_dir", str(f["cifar"])], 2,
+         "batch_size 64 is larger than the cifar10 training split (40 images)"),
+        ("last batch of one image", "train_scratch.py", _params(batch_size=479), [], 2,
+         "leaves a last training batch of 1 image"),
+        ("unknown flag", "train_scratch.py", _params(), ["--learning_rate", "0.1"], 2,
+         "unrecognized arguments: --learning_rate 0.1"),
+    ]
+
+
+CASE_IDS = [case[0] for case in _cases({k: Path("x") for k in ("root", "teacher", "mlp", "teacher100",
+                                                                "cifar", "corrupt")})]
+
+
+@pytest.mark.parametrize("index", range(len(CASE_IDS)), ids=CASE_IDS)
+def test_bad_input_gives_one_line_and_touches_nothing(tmp_path, files, index):
+    name, script, params, extra, code, text = _cases(files)[index]
+    if name == "CUDA requested without CUDA" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run = tmp_path / "run"
+    run.mkdir()
+    if isinstance(params, dict):
+        (run / "params.json").write_text(json.dumps(params))
+    elif isinstance(params, str):
+        (run / "params.json").write_text(params)
+    (run / "training.log").write_text("an earlier run\n")
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    args = [] if extra[:1] == ["--no-save-path"] else ["--save_path", str(run)]
+    # a dead proxy: the CIFAR download fails at once, on any machine
+    env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    result = subprocess.run([sys.executable, str(ROOT / script), *args,
+                             *[a for a in extra if a != "--no-save-path"]],
+                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
+    assert text in lines[0]
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_the_catalogue_has_at_least_twenty_distinct_cases():
+    assert len(set(CASE_IDS)) >= 20

@@ -1,0 +1,61 @@
+"""SIGKILL a real training process at seeded random moments: checkpoints stay whole, resume is exact."""
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from conftest import ROOT
+from utils.checkpoint import load_checkpoint
+from utils.tracking import read_metrics
+
+PARAMS = {"model_name": "net", "num_channels": 8, "dropout_rate": 0.0, "learning_rate": 1e-3,
+          "schedule": [1], "gamma": 0.1, "batch_size": 128, "num_epochs": 3, "num_workers": 0,
+          "augmentation": 1, "cuda": 0, "dataset": "digits"}
+KILLS = 5
+
+
+def _start(folder, *extra):
+    return subprocess.Popen([sys.executable, str(ROOT / "train_scratch.py"), "--save_path", str(folder),
+                             *extra], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _check_whole(folder):
+    """Every checkpoint present loads completely and is a finished epoch of this run."""
+    for name in ("last_model.tar", "best_model.tar"):
+        if (folder / name).exists():
+            checkpoint = load_checkpoint(folder / name)
+            assert 1 <= checkpoint["epoch"] <= PARAMS["num_epochs"]
+            assert checkpoint["state_dict"]["fc2.weight"].shape == (10, 32)
+
+
+def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "params.json").write_text(json.dumps(PARAMS))
+    started = time.time()
+    assert _start(reference).wait(timeout=300) == 0
+    duration = time.time() - started
+
+    rng = random.Random(20210507)
+    run = tmp_path / "killed"
+    run.mkdir()
+    (run / "params.json").write_text(json.dumps(PARAMS))
+    for _ in range(KILLS):
+        process = _start(run, "--resume", "auto")
+        time.sleep(rng.uniform(0.3, 1.0) * duration)  # import, data, a batch, eval, a write...
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        _check_whole(run)
+    assert _start(run, "--resume", "auto").wait(timeout=300) == 0
+
+    expected = load_checkpoint(reference / "last_model.tar")["state_dict"]
+    final = load_checkpoint(run / "last_model.tar")["state_dict"]
+    assert all(torch.equal(expected[k], final[k]) for k in expected)
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+    best = load_checkpoint(run / "best_model.tar")
+    assert best["epoch"] == load_checkpoint(reference / "best_model.tar")["epoch"]
+    assert not list(run.glob(".*.tmp"))
