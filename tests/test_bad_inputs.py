@@ -36,11 +36,22 @@ def files(tmp_path_factory):
     make_cifar(corrupt, "cifar10", 40, 20)
     (corrupt / "data-cifar10" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"\x80\x02garbage")
     (root / "empty.tar").write_bytes(b"")
+    torch.save({"epoch": 1, "state_dict": {}, "note": _Payload(str(root / "pwned"))}, root / "evil.tar")
     (root / "a_directory.tar").mkdir()
     return {"root": root, "cifar": root / "cifar", "corrupt": corrupt,
             "teacher": _checkpoint(root / "teacher.tar", "net", 10, num_channels=8, dropout_rate=0.0),
             "mlp": _checkpoint(root / "mlp.tar", "mlp", 10),
             "teacher100": _checkpoint(root / "t100.tar", "net", 100, num_channels=8, dropout_rate=0.0)}
+
+
+class _Payload:
+    """Unpickling this runs a shell command that creates a file: it must never run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
 
 
 def _params(**changes):
@@ -79,6 +90,8 @@ def _cases(f):
          "fc2.weight [100, 32] vs [10, 32]"),
         ("empty file as checkpoint", "train_kd.py", kd(f["root"] / "empty.tar"), [], 1,
          "is empty (0 bytes)"),
+        ("checkpoint that would run code", "train_kd.py", kd(f["root"] / "evil.tar"), [], 1,
+         "refused: it holds objects other than tensors and plain data"),
         ("directory as checkpoint", "train_kd.py", kd(f["root"] / "a_directory.tar"), [], 1,
          "is a directory, not a file"),
         ("data folder missing, no network", "train_scratch.py", _params(dataset="cifar10"),
@@ -127,6 +140,7 @@ def test_bad_input_gives_one_line_and_touches_nothing(tmp_path, files, index):
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr
     assert text in lines[0]
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert not (files["root"] / "pwned").exists()
 
 
 def test_the_catalogue_has_at_least_twenty_distinct_cases():
