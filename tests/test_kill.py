@@ -32,30 +32,31 @@ def _check_whole(folder):
             assert checkpoint["state_dict"]["fc2.weight"].shape == (10, 32)
 
 
-def test_killed_runs_resume_to_the_uninterrupted_result(tmp_path):
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    (reference / "params.json").write_text(json.dumps(PARAMS))
+def _new_run(folder):
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps(PARAMS))
+    return folder
+
+
+def test_each_kill_leaves_whole_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path):
+    reference = _new_run(tmp_path / "reference")
     started = time.time()
     assert _start(reference).wait(timeout=300) == 0
     duration = time.time() - started
+    expected = load_checkpoint(reference / "last_model.tar")["state_dict"]
+    expected_best = load_checkpoint(reference / "best_model.tar")["epoch"]
 
     rng = random.Random(20210507)
-    run = tmp_path / "killed"
-    run.mkdir()
-    (run / "params.json").write_text(json.dumps(PARAMS))
-    for _ in range(KILLS):
-        process = _start(run, "--resume", "auto")
-        time.sleep(rng.uniform(0.3, 1.0) * duration)  # import, data, a batch, eval, a write...
+    for kill in range(KILLS):
+        run = _new_run(tmp_path / f"killed{kill}")
+        process = _start(run)
+        time.sleep(rng.uniform(0.35, 1.0) * duration)  # import, data, a batch, eval, a write...
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=60)
         _check_whole(run)
-    assert _start(run, "--resume", "auto").wait(timeout=300) == 0
-
-    expected = load_checkpoint(reference / "last_model.tar")["state_dict"]
-    final = load_checkpoint(run / "last_model.tar")["state_dict"]
-    assert all(torch.equal(expected[k], final[k]) for k in expected)
-    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
-    best = load_checkpoint(run / "best_model.tar")
-    assert best["epoch"] == load_checkpoint(reference / "best_model.tar")["epoch"]
-    assert not list(run.glob(".*.tmp"))
+        assert _start(run, "--resume", "auto").wait(timeout=300) == 0
+        final = load_checkpoint(run / "last_model.tar")["state_dict"]
+        assert all(torch.equal(expected[k], final[k]) for k in expected), f"kill {kill}"
+        assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2, 3]
+        assert load_checkpoint(run / "best_model.tar")["epoch"] == expected_best
+        assert not list(run.glob(".*.tmp"))
