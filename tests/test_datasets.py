@@ -451,32 +451,28 @@ def test_tiny_missing_class_folder_is_named(tmp_path):
     assert_one_line_error(excinfo, tiny.root / "train" / WNIDS[2])
 
 
-@pytest.mark.parametrize("train", [True, False])
-def test_tiny_image_that_does_not_decode_is_named(tmp_path, train):
-    tiny = _make_tiny(tmp_path)
-    path = sorted(tiny.train if train else tiny.val)[1]
+def _garbage(path):
     path.write_bytes(np.random.default_rng(0).bytes(3000))
+
+
+def _truncated(path):
+    path.write_bytes(path.read_bytes()[:300])  # the header survives, the scan does not
+
+
+def _too_small(path):
+    datagen.save_jpeg(path, np.zeros((32, 32, 3), np.uint8))
+
+
+@pytest.mark.parametrize("damage,train,index,text", [
+    (_garbage, True, 1, "does not decode"), (_garbage, False, 1, "does not decode"),
+    (_truncated, True, 4, "does not decode"), (_too_small, True, 2, "32x32")])
+def test_tiny_damaged_image_is_named(tmp_path, damage, train, index, text):
+    tiny = _make_tiny(tmp_path)
+    path = sorted(tiny.train if train else tiny.val)[index]
+    damage(path)
     with pytest.raises(DataError) as excinfo:
         read_tiny_imagenet(tmp_path, train=train)
-    assert_one_line_error(excinfo, path)
-
-
-def test_tiny_truncated_jpeg_is_named(tmp_path):
-    tiny = _make_tiny(tmp_path)
-    path = sorted(tiny.train)[4]
-    path.write_bytes(path.read_bytes()[:300])  # the header survives, the scan does not
-    with pytest.raises(DataError) as excinfo:
-        read_tiny_imagenet(tmp_path, train=True)
-    assert_one_line_error(excinfo, path)
-
-
-def test_tiny_image_of_the_wrong_size_is_named(tmp_path):
-    tiny = _make_tiny(tmp_path)
-    path = sorted(tiny.train)[2]
-    datagen.save_jpeg(path, np.zeros((32, 32, 3), np.uint8))
-    with pytest.raises(DataError) as excinfo:
-        read_tiny_imagenet(tmp_path, train=True)
-    assert_one_line_error(excinfo, path, "32x32")
+    assert_one_line_error(excinfo, path, text)
 
 
 def test_tiny_unknown_wnid_in_val_annotations_names_file_and_line(tmp_path):

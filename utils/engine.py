@@ -54,22 +54,22 @@ def scratch_objective():
     return objective
 
 
-def kd_objective(teacher, T, alpha):
+def frozen_objective(frozen, loss, **hyper):
+    """Train against a frozen network (teacher or adversary) whose logits are constants."""
     def objective(model, images, labels):
         with torch.no_grad():
-            teacher_logits = teacher(images)
+            frozen_logits = frozen(images)
         logits = model(images)
-        return logits, kd_loss(logits, teacher_logits, labels, T, alpha)
+        return logits, loss(logits, frozen_logits, labels, **hyper)
     return objective
+
+
+def kd_objective(teacher, T, alpha):
+    return frozen_objective(teacher, kd_loss, T=T, alpha=alpha)
 
 
 def nasty_objective(adversarial, T, weight):
-    def objective(model, images, labels):
-        with torch.no_grad():
-            adversarial_logits = adversarial(images)
-        logits = model(images)
-        return logits, nasty_loss(logits, adversarial_logits, labels, T, weight)
-    return objective
+    return frozen_objective(adversarial, nasty_loss, T=T, weight=weight)
 
 
 # ----------------------------------------------------------------------------- setup
