@@ -9,7 +9,8 @@ from utils.errors import ConfigError
 from utils.params import DATASETS, SCHEMA, describe, load_params, params_from_dict
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
-PUBLISHED = sorted(EXPERIMENTS.rglob("params.json"))
+ALL_CONFIGS = sorted(EXPERIMENTS.rglob("params.json"))
+PUBLISHED = [p for p in ALL_CONFIGS if p.relative_to(EXPERIMENTS).parts[0] != "Digits"]
 
 
 def _published(relative):

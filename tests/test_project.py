@@ -31,7 +31,7 @@ def test_requirements_name_what_the_project_imports():
 
 def test_published_experiments_are_all_present():
     found = sorted(p.relative_to(ROOT / "experiments").parent.as_posix()
-                   for p in (ROOT / "experiments").rglob("params.json"))
+                   for p in (ROOT / "experiments").rglob("params.json") if "Digits" not in p.parts)
     assert len(found) == 60
     assert {f.split("/")[0] for f in found} == {"CIFAR10", "CIFAR100", "TinyImageNet"}
     assert "CIFAR10/kd_nasty_resnet18/nasty_resnet18" in found
@@ -45,3 +45,22 @@ def test_experiments_are_byte_identical_to_the_published_ones_when_the_reference
     for original in reference.rglob("params.json"):
         ours = ROOT / "experiments" / original.relative_to(reference)
         assert ours.read_bytes() == original.read_bytes(), ours
+
+
+def test_digits_chain_is_complete_and_points_at_its_own_runs():
+    from utils.params import load_params
+
+    digits = ROOT / "experiments" / "Digits"
+    folders = {p.parent.relative_to(digits).as_posix() for p in digits.rglob("params.json")}
+    assert folders == {"baseline/preresnet20", "baseline/cnn", "kd_normal_preresnet20/cnn",
+                       "kd_nasty_preresnet20/nasty_preresnet20", "kd_nasty_preresnet20/cnn"}
+    modes = {"baseline": "scratch", "nasty_preresnet20": "nasty"}
+    for folder in folders:
+        mode = modes.get(folder.split("/")[0], modes.get(folder.split("/")[-1], "kd"))
+        params = load_params(digits / folder, mode)
+        assert params.dataset == "digits"
+        for key in ("teacher_resume", "adversarial_resume"):
+            path = getattr(params, key, None)
+            if path is not None:
+                target = (ROOT / path).parent.relative_to(digits).as_posix()
+                assert path.endswith("/best_model.tar") and target in folders and target != folder
