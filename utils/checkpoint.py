@@ -8,6 +8,7 @@ leaves either the old or the new file. Every load is `weights_only=True`: a file
 would run code when unpickled is refused. Keys saved from `nn.DataParallel` (`module.`)
 or `torch.compile` (`_orig_mod.`) wrappers load into the bare network.
 """
+import contextlib
 import os
 import pickle
 import tempfile
@@ -53,12 +54,9 @@ def _fsync_folder(folder):
         fd = os.open(folder, os.O_RDONLY)
     except OSError:
         return
-    try:
+    with contextlib.suppress(OSError):
         os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    os.close(fd)
 
 
 def load_checkpoint(path, map_location="cpu"):

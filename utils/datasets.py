@@ -257,11 +257,10 @@ def _read_cache(path, fingerprint, count):
 def _write_cache(path, fingerprint, split):
     from .checkpoint import save_checkpoint
 
-    try:
+    # a read-only data folder only costs decoding again next time
+    with contextlib.suppress(CheckpointError, OSError):
         save_checkpoint(path, {"fingerprint": fingerprint, "images": split.images,
                                "labels": split.labels})
-    except (CheckpointError, OSError):
-        pass  # a read-only data folder only costs decoding again next time
 
 
 # ----------------------------------------------------------------------------- digits

@@ -116,8 +116,7 @@ def check_save_path(save_path):
     if not folder.is_dir():
         raise ConfigError(f"--save_path {save_path}: no such folder (it must hold params.json)")
     try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
+        tempfile.TemporaryFile(dir=folder).close()
     except OSError as exc:
         raise ConfigError(f"--save_path {save_path}: cannot write there ({exc.strerror or exc})") from None
     return folder
