@@ -20,7 +20,7 @@ def main(argv=None):
     run = prepare(args, mode="kd", overrides=overrides)
     params = run.params
     teacher = frozen_network(run, params.teacher_model, params.teacher_resume, "teacher")
-    metrics = evaluate(teacher, run.test_loader)
+    metrics = evaluate(teacher, run.test_loader, run.precision)
     run.log.info(f"- Teacher Model Eval metrics : acc: {metrics['acc']:05.3f} ; "
                  f"loss: {metrics['loss']:05.3f}")
     fit(run, kd_objective(teacher, T=params.temperature, alpha=params.alpha), args.resume)

@@ -191,7 +191,22 @@ def test_defaults_are_filled_in(tmp_path):
     assert (params.seed, params.data_dir) == (0, "data")
     assert params.num_channels is None and params.dropout_rate is None
     assert list(params.as_dict()) == list(values) + [
-        "num_workers", "augmentation", "cuda", "seed", "data_dir"]
+        "num_workers", "augmentation", "cuda", "seed", "data_dir", "amp", "channels_last",
+        "compile", "deterministic"]
+    # the speed switches default to the original's numerics
+    assert (params.amp, params.channels_last, params.compile, params.deterministic) == \
+        ("off", False, False, True)
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16", "fp16"])
+def test_amp_modes(tmp_path, amp):
+    _write(tmp_path, SCRATCH, amp=amp)
+    assert load_params(tmp_path, "scratch").amp == amp
+
+
+def test_unknown_amp_mode_is_named(tmp_path):
+    _write(tmp_path, SCRATCH, amp="fp8")
+    assert "amp = 'fp8' is not a known amp mode" in _error(tmp_path, "scratch")
 
 
 def test_overrides_replace_and_add_keys_before_validation(tmp_path):

@@ -63,7 +63,7 @@ class DeviceLoader:
     """Iterates (normalised float images, int64 labels) batches of a split held on `device`."""
 
     def __init__(self, split, batch_size, device, mean, std, augmentation=None,
-                 shuffle=False, seed=0):
+                 shuffle=False, seed=0, channels_last=False):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
@@ -73,6 +73,7 @@ class DeviceLoader:
         # (x / 255 - mean) / std as one multiply-add
         self.scale, self.shift = 1.0 / (255.0 * std_t), mean_t / std_t
         self.epoch = 0
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     def set_epoch(self, epoch):
         self.epoch = epoch
@@ -95,7 +96,8 @@ class DeviceLoader:
             idx = order[start:start + self.batch_size]
             images = self.augmentation.apply(
                 self.images[idx], {k: v[start:start + self.batch_size] for k, v in draws.items()})
-            yield images.float() * self.scale - self.shift, self.labels[idx]
+            images = images.float() * self.scale - self.shift
+            yield images.contiguous(memory_format=self.memory_format), self.labels[idx]
 
 
 def check_batch_size(params, num_train):
@@ -116,7 +118,9 @@ def build_loaders(params, device, eval_batch_size=None):
     test = spec.read(params.data_dir, False, params.num_workers)
     mean, std = (spec.mean, spec.std) if spec.mean else channel_stats(train.images)
     augmentation = spec.augmentation() if params.augmentation else NoAugmentation()
+    layout = getattr(params, "channels_last", False)
     train_loader = DeviceLoader(train, params.batch_size, device, mean, std, augmentation,
-                                shuffle=True, seed=params.seed)
-    test_loader = DeviceLoader(test, eval_batch_size or params.batch_size, device, mean, std)
+                                shuffle=True, seed=params.seed, channels_last=layout)
+    test_loader = DeviceLoader(test, eval_batch_size or params.batch_size, device, mean, std,
+                               channels_last=layout)
     return train_loader, test_loader

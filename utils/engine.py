@@ -10,6 +10,7 @@ learning rate is multiplied by `gamma` at the start of every epoch listed in `sc
 Differences: the test accuracy is exact (correct / total) where the original averaged
 per-batch accuracies, and the test loss is the per-sample mean.
 """
+import contextlib
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,6 +25,7 @@ from .data import build_loaders
 from .losses import ce_loss, kd_loss, nasty_loss
 from .params import load_params
 from .errors import NastyError
+from .speed import Precision, fast_settings, maybe_compile, to_layout
 from .runtime import (RunLock, attach_log_file, check_save_path, seed_everything, select_device,
                       setup_logging)
 from .tracking import EpochLog
@@ -31,6 +33,7 @@ from .tracking import EpochLog
 ADAM_MODELS = ("net", "mlp")
 CHECKPOINT_FORMAT = "nasty-teacher/1"  # marks checkpoints that hold our resume state
 BAR_EVERY = 10  # batches between progress-bar refreshes (each one syncs with the device)
+EVAL_BATCH = 512  # evaluation needs no gradients: larger batches, same numbers
 
 
 class Run(NamedTuple):
@@ -38,8 +41,10 @@ class Run(NamedTuple):
     device: torch.device
     save_path: Path
     log: Any
-    model: torch.nn.Module
+    model: torch.nn.Module         # what is checkpointed
+    train_model: torch.nn.Module   # the same weights, compiled when params.compile
     optimizer: torch.optim.Optimizer
+    precision: Precision
     train_loader: Any
     test_loader: Any
 
@@ -57,7 +62,7 @@ def scratch_objective():
 def frozen_objective(frozen, loss, **hyper):
     """Train against a frozen network (teacher or adversary) whose logits are constants."""
     def objective(model, images, labels):
-        with torch.no_grad():
+        with torch.inference_mode():
             frozen_logits = frozen(images)
         logits = model(images)
         return logits, loss(logits, frozen_logits, labels, **hyper)
@@ -86,8 +91,9 @@ def make_optimizer(model_name, model, lr):
 
 
 def build_network(params, name, device):
-    return nets.build_model(name, params.num_classes, input_size=params.input_size,
-                            **params.model_options(name)).to(device)
+    model = nets.build_model(name, params.num_classes, input_size=params.input_size,
+                             **params.model_options(name))
+    return to_layout(model.to(device), params.channels_last)
 
 
 def prepare(args, mode, overrides=None):
@@ -98,17 +104,23 @@ def prepare(args, mode, overrides=None):
         overrides["data_dir"] = args.data_dir
     params = load_params(save_path, mode, overrides)
     device = select_device(args, params)
+    fast = fast_settings(device) if getattr(args, "fast", False) else {}
+    if fast:
+        params = load_params(save_path, mode, {**overrides, **fast})
     log = setup_logging()
+    if fast:
+        log.info(f"--fast on {device.type}: " + ", ".join(f"{k}={v}" for k, v in fast.items()))
     for key, value in params.as_dict().items():
         log.info(f"{key}:{value}")
     log.info(f"Device: {device}; number of classes: {params.num_classes}")
-    seed_everything(params.seed)
-    train_loader, test_loader = build_loaders(params, device)
+    seed_everything(params.seed, params.deterministic)
+    train_loader, test_loader = build_loaders(params, device, max(params.batch_size, EVAL_BATCH))
     log.info(f"Create Model --- {params.model_name}")
     model = build_network(params, params.model_name, device)
     optimizer = make_optimizer(params.model_name, model, params.learning_rate)
     log.info(f"Optimizer: {type(optimizer).__name__}")
-    return Run(params, device, save_path, log, model, optimizer, train_loader, test_loader)
+    return Run(params, device, save_path, log, model, maybe_compile(model, params.compile),
+               optimizer, Precision(params.amp, device), train_loader, test_loader)
 
 
 def frozen_network(run, name, path, role):
@@ -120,7 +132,7 @@ def frozen_network(run, name, path, role):
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
-    return network
+    return maybe_compile(network, run.params.compile)
 
 
 # ----------------------------------------------------------------------------- loops
@@ -130,7 +142,7 @@ TERM_NAMES = ("total", "ce", "kl")
 
 def train_epoch(run, objective, epoch):
     """One pass over the training split; returns the per-batch means of the loss terms."""
-    model, optimizer, loader = run.model, run.optimizer, run.train_loader
+    model, optimizer, loader = run.train_model, run.optimizer, run.train_loader
     model.train()
     loader.set_epoch(epoch)
     totals = torch.zeros(3, device=run.device)
@@ -141,10 +153,10 @@ def train_epoch(run, objective, epoch):
     with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
               disable=None) as bar:
         for step, (images, labels) in enumerate(loader, 1):
-            logits, terms = objective(model, images, labels)
+            with run.precision.autocast():
+                logits, terms = objective(model, images, labels)
             optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
+            run.precision.backward_step(terms.total, optimizer)
             stacked = torch.stack(terms).detach()
             totals += stacked  # no host sync here
             watch.update(stacked, step)
@@ -182,10 +194,15 @@ class NonFiniteWatch:
                            + (" or weight" if run.params.mode == "nasty" else ""))
 
 
-@torch.no_grad()
-def evaluate(model, loader):
+@torch.inference_mode()
+def evaluate(model, loader, precision=None):
     """Exact accuracy (percent) and per-sample mean cross-entropy over the whole split."""
     model.eval()
+    with precision.autocast() if precision else contextlib.nullcontext():
+        return _evaluate(model, loader)
+
+
+def _evaluate(model, loader):
     correct = torch.zeros((), dtype=torch.long, device=loader.labels.device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=loader.labels.device)
     for images, labels in loader:
@@ -245,7 +262,7 @@ def run_epoch(run, objective, epoch, state, tracker):
     log.info(f"Epoch {epoch + 1}/{params.num_epochs}")
     log.info(f"Learning Rate {lr}")
     train = train_epoch(run, objective, epoch)
-    test = evaluate(run.model, run.test_loader)
+    test = evaluate(run.train_model, run.test_loader, run.precision)
     new_best = test["acc"] >= state["best_acc"]
     if new_best:
         state.update(best_acc=test["acc"], best_epoch=epoch + 1)
@@ -270,6 +287,8 @@ def save_epoch(run, epoch, test, state, new_best):
                   "best_acc": state["best_acc"], "best_epoch": state["best_epoch"],
                   "eval_acc": test["acc"], "model_name": run.params.model_name,
                   "dataset": run.params.dataset, "num_classes": run.params.num_classes}
+    if run.precision.scaler.is_enabled():  # fp16 loss scale: part of the exact resume state
+        checkpoint["scaler"] = run.precision.scaler.state_dict()
     if new_best:
         save_checkpoint(run.save_path / "best_model.tar", checkpoint)
     save_checkpoint(run.save_path / "last_model.tar", checkpoint)
@@ -282,6 +301,8 @@ def resume_state(run, path):
     epoch = int(checkpoint.get("epoch", 0))
     if checkpoint.get("format") == CHECKPOINT_FORMAT:
         run.optimizer.load_state_dict(checkpoint["optim_dict"])
+        if "scaler" in checkpoint and run.precision.scaler.is_enabled():
+            run.precision.scaler.load_state_dict(checkpoint["scaler"])
         state = {"epoch": epoch, "best_acc": checkpoint["best_acc"],
                  "best_epoch": checkpoint["best_epoch"]}
         run.log.info(f"- Resumed from {path}: continuing after epoch {epoch} with its optimizer "

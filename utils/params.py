@@ -147,6 +147,7 @@ def _one_of(choices, what):
 # ----------------------------------------------------------------------------- the schema
 
 REQUIRED = object()   # default of a key that must be in the file
+AMP_MODES = ("off", "bf16", "fp16")
 ALL = frozenset(MODES)
 NASTY, KD = frozenset({"nasty"}), frozenset({"kd"})
 
@@ -172,11 +173,18 @@ SCHEMA = (
     Key("num_epochs", INT, REQUIRED, ALL, "length of training", _bounds(low=1)),
     Key("dataset", STR, REQUIRED, ALL, "data set; fixes the number of classes and input size",
         _one_of(DATASETS, "data set")),
-    Key("num_workers", INT, 4, ALL, "worker processes that read the data", _bounds(low=0)),
+    Key("num_workers", INT, 4, ALL, "threads that decode Tiny-ImageNet once (the original's "
+        "DataLoader workers; the device loader needs none)", _bounds(low=0)),
     Key("augmentation", FLAG, 1, ALL, "random crops and flips of the training images"),
     Key("cuda", FLAG, 1, ALL, "use a GPU if there is one (0: always the CPU)"),
     Key("seed", INT, 0, ALL, "seed of every random number generator", _bounds(low=0)),
     Key("data_dir", STR, "data", ALL, "folder that holds the data sets"),
+    Key("amp", STR, "off", ALL, "mixed precision: off (fp32, as the original), bf16, or fp16 "
+        "with a gradient scaler", _one_of(AMP_MODES, "amp mode")),
+    Key("channels_last", FLAG, 0, ALL, "NHWC memory layout for the convolutions (speed only)"),
+    Key("compile", FLAG, 0, ALL, "torch.compile the trained and the frozen network (speed only)"),
+    Key("deterministic", FLAG, 1, ALL, "deterministic cuDNN as the original; 0 lets "
+        "cudnn.benchmark pick the fastest kernels"),
     Key("num_channels", INT, None, ALL, "width of the 'net' CNN", _bounds(low=1)),
     Key("dropout_rate", FLOAT, None, ALL, "dropout of the 'net' CNN",
         _bounds(low=0, high=1, high_open=True)),

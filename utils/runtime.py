@@ -43,6 +43,9 @@ def script_parser(doc):
                         help="which GPU to use (the original's flag); one id")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: a GPU when params.json says cuda: 1 and one exists (default)")
+    parser.add_argument("--fast", action="store_true",
+                        help="the speed switches recommended for the device (bf16, channels-last, "
+                             "compile on a recent GPU); overrides those keys of params.json")
     parser.add_argument("--data_dir", default=None,
                         help="data root, overriding data_dir of params.json (default: data)")
     return parser

@@ -1,0 +1,57 @@
+"""Speed switches of params.json: `amp`, `channels_last`, `compile`, `deterministic`.
+
+    precision = Precision(params.amp, device)
+    with precision.autocast():
+        loss = ...
+    precision.backward_step(loss, optimizer)     # GradScaler for fp16, plain step otherwise
+
+The defaults (amp "off", channels_last 0, compile 0, deterministic 1) keep the original's
+fp32 numerics. `fast_settings(device)` is what `--fast` turns on: the set measured to help
+on that kind of device.
+"""
+import torch
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Precision:
+    def __init__(self, amp, device):
+        self.dtype = AMP_DTYPES.get(amp)
+        self.device_type = device.type
+        # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype or torch.float32,
+                              enabled=self.dtype is not None)
+
+    def backward_step(self, loss, optimizer):
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def cpu_has_fast_bf16():
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def fast_settings(device):
+    """Recommended switches for `device` (--fast)."""
+    if device.type == "cuda":
+        if torch.cuda.get_device_capability(device)[0] >= 8:  # Ampere and newer: bf16 tensor cores
+            return {"amp": "bf16", "channels_last": True, "compile": True, "deterministic": False}
+        return {"amp": "fp16", "channels_last": True, "deterministic": False}
+    # measured on a 2-core AVX-512 CPU: channels-last 1.3-1.5x, bf16 1.6-1.8x; compiling
+    # costs minutes of a small CPU and is left out
+    settings = {"channels_last": True}
+    if cpu_has_fast_bf16():
+        settings["amp"] = "bf16"
+    return settings
+
+
+def to_layout(model, channels_last):
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def maybe_compile(model, enabled):
+    return torch.compile(model) if enabled else model
