@@ -150,3 +150,20 @@ def test_save_path_that_is_not_a_folder_is_refused(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: --save_path {tmp_path / 'nowhere'}: no such folder " \
                                     "(it must hold params.json)"
+
+
+def test_missing_checkpoints_are_reported_before_any_data_is_read(tmp_path, monkeypatch):
+    import utils.engine
+
+    from utils.errors import CheckpointError
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("data was read before the teacher checkpoint was checked")
+    monkeypatch.setattr(utils.engine, "build_loaders", no_data)
+    run = _run_dir(tmp_path / "student", teacher_model="net", temperature=4, alpha=0.9,
+                   teacher_resume=str(tmp_path / "missing.tar"))
+    with pytest.raises(CheckpointError, match="missing.tar does not exist"):
+        train_kd.main(["--save_path", str(run)])
+    _run_dir(tmp_path / "alone")
+    with pytest.raises(CheckpointError, match="nowhere.tar does not exist"):
+        train_scratch.main(["--save_path", str(tmp_path / "alone"), "--resume", str(tmp_path / "nowhere.tar")])

@@ -62,7 +62,7 @@ def _fsync_folder(folder):
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint dict at `path` (a bare state_dict is wrapped as {'state_dict': ...})."""
     path = os.fspath(path)
-    _check_file(path)
+    check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol notices are not the user's business
@@ -78,7 +78,8 @@ def load_checkpoint(path, map_location="cpu"):
     return _as_checkpoint(obj, path)
 
 
-def _check_file(path):
+def check_file(path):
+    """Raise CheckpointError unless `path` is a non-empty file (cheap: no unpickling)."""
     if not os.path.exists(path):
         raise CheckpointError(f"checkpoint {path} does not exist")
     if os.path.isdir(path):

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import nets
-from .checkpoint import load_weights, remove_partial_writes, save_checkpoint
+from .checkpoint import check_file, load_weights, remove_partial_writes, save_checkpoint
 from .data import build_loaders
 from .losses import ce_loss, kd_loss, nasty_loss
 from .params import load_params
@@ -103,6 +103,7 @@ def prepare(args, mode, overrides=None):
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     params = load_params(save_path, mode, overrides)
+    check_checkpoints_exist(params, args)  # before minutes of data decoding, not after
     device = select_device(args, params)
     fast = fast_settings(device) if getattr(args, "fast", False) else {}
     if fast:
@@ -121,6 +122,14 @@ def prepare(args, mode, overrides=None):
     log.info(f"Optimizer: {type(optimizer).__name__}")
     return Run(params, device, save_path, log, model, maybe_compile(model, params.compile),
                optimizer, Precision(params.amp, device), train_loader, test_loader)
+
+
+def check_checkpoints_exist(params, args):
+    paths = {"kd": [params.teacher_resume], "nasty": [params.adversarial_resume]}.get(params.mode, [])
+    if args.resume and args.resume != "auto":
+        paths.append(args.resume)
+    for path in paths:
+        check_file(path)
 
 
 def frozen_network(run, name, path, role):
