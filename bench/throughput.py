@@ -14,6 +14,7 @@ For kd the frozen teacher is --model and the trained student --student; for nast
 trained and the adversarial network are both --model (random weights: speed only).
 """
 import argparse
+import gc
 import statistics
 import sys
 import tempfile
@@ -128,6 +129,13 @@ def _build(name, device):
     return nets.build_model(name, 10, **options).to(device)
 
 
+def settle(seconds=1.0):
+    """Untimed pause: the reference's DataLoader workers finish exiting before the next timing
+    starts (on 2 cores their teardown otherwise lands in the next pipeline's epoch)."""
+    gc.collect()
+    time.sleep(seconds)
+
+
 def measure(pipelines, repeats, device):
     rates = {name: [] for name in pipelines}
     for _ in range(repeats):  # interleaved, so drifts in machine load hit all alike
@@ -139,6 +147,7 @@ def measure(pipelines, repeats, device):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             rates[name].append(count / (time.perf_counter() - start))
+            settle()
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
@@ -169,6 +178,7 @@ def main():
         for _ in range(args.warmup):
             for pipeline in pipelines.values():
                 pipeline.train_epoch()
+                settle()
         rates = measure(pipelines, args.repeats, device)
     reference = rates[next(iter(rates))]
     what = f"{args.mode} {args.model}" + (f" -> {args.student}" if args.mode == "kd" else "")
