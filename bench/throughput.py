@@ -56,13 +56,6 @@ def config(args, data_dir, mode, extra=None):
     return params_from_dict(values, mode)
 
 
-def frozen(params, device, name):
-    network = engine.build_network(params, name, device).eval()
-    for p in network.parameters():
-        p.requires_grad_(False)
-    return maybe_compile(network, params.compile)
-
-
 class Ours:
     """The engine's training epoch on the device loader, for given switches."""
 
@@ -74,7 +67,8 @@ class Ours:
         optimizer = engine.make_optimizer(params.model_name, model, params.learning_rate)
         self.run = engine.Run(params, device, None, None, model, maybe_compile(model, params.compile),
                               optimizer, Precision(params.amp, device), train_loader, None)
-        other = frozen(params, device, args.model) if mode != "scratch" else None
+        other = (engine.freeze(engine.build_network(params, args.model, device), params.compile)
+                 if mode != "scratch" else None)
         self.objective = {"scratch": lambda: engine.scratch_objective(),
                           "kd": lambda: engine.kd_objective(other, T=4, alpha=0.9),
                           "nasty": lambda: engine.nasty_objective(other, T=4, weight=0.04)}[mode]()

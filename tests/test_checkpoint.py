@@ -160,3 +160,10 @@ def test_checkpoint_files_are_zip_archives(tmp_path):
     # the format torch.save has written since 1.6, which every loader of the original reads
     save_checkpoint(tmp_path / "c.tar", {"epoch": 0, "state_dict": {"w": torch.ones(2)}})
     assert zipfile.is_zipfile(tmp_path / "c.tar")
+
+
+def test_state_dict_with_values_that_are_not_tensors_is_one_line(tmp_path):
+    torch.save({"epoch": 1, "state_dict": {"fc3.weight": 3, "fc3.bias": "x"}}, tmp_path / "odd.tar")
+    with pytest.raises(CheckpointError, match=r"odd.tar: state_dict entries that are not tensors "
+                                              r"\(fc3.weight, fc3.bias\)$"):
+        load_weights(nets.build_model("mlp", 10), tmp_path / "odd.tar")

@@ -115,6 +115,10 @@ def _first(items):
 
 def check_fits(model, state_dict, path, what="network"):
     """Raise CheckpointError naming missing/unexpected keys or differing shapes (first few)."""
+    not_tensors = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise CheckpointError(f"checkpoint {path}: state_dict entries that are not tensors "
+                              f"({_first(not_tensors)})")
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]

@@ -54,9 +54,14 @@ def channel_stats(images):
     return tuple(x.mean(1).tolist()), tuple(x.std(1).tolist())
 
 
+def epoch_seed(seed, epoch):
+    """The seed of one epoch's random streams (data order, augmentation, dropout)."""
+    return (seed * 1_000_003 + epoch) % (2 ** 63)
+
+
 def epoch_generator(seed, epoch):
     """CPU generator whose stream is a function of (seed, epoch) alone, so a resume is exact."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2 ** 63))
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
 
 
 class DeviceLoader:

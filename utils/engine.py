@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import nets
 from .checkpoint import check_file, load_weights, remove_partial_writes, save_checkpoint
-from .data import build_loaders
+from .data import build_loaders, epoch_seed
 from .losses import ce_loss, kd_loss, nasty_loss
 from .params import load_params
 from .errors import NastyError
@@ -138,10 +138,15 @@ def frozen_network(run, name, path, role):
     network = build_network(run.params, name, run.device)
     load_weights(network, path, map_location=run.device,
                  what=f"{role} {name} with {run.params.num_classes} classes")
+    return freeze(network, run.params.compile)
+
+
+def freeze(network, compile_it=False):
+    """Eval mode, no gradients, compiled when asked: how teachers and adversaries run."""
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
-    return maybe_compile(network, run.params.compile)
+    return maybe_compile(network, compile_it)
 
 
 # ----------------------------------------------------------------------------- loops
@@ -267,7 +272,7 @@ def run_epoch(run, objective, epoch, state, tracker):
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     # dropout etc. draw from a stream fixed by (seed, epoch): a resumed epoch is the same epoch
-    torch.manual_seed(params.seed * 1_000_003 + epoch)
+    torch.manual_seed(epoch_seed(params.seed, epoch))
     log.info(f"Epoch {epoch + 1}/{params.num_epochs}")
     log.info(f"Learning Rate {lr}")
     train = train_epoch(run, objective, epoch)

@@ -8,10 +8,13 @@
 a user's mistake never ends in a traceback.
 """
 import argparse
+import fcntl
 import logging
 import logging.handlers
+import os
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -113,8 +116,6 @@ def attach_log_file(logger, save_path):
 
 def check_save_path(save_path):
     """The run folder, which must exist and take new files (probed with a temporary file)."""
-    import tempfile
-
     folder = Path(save_path)
     if not folder.is_dir():
         raise ConfigError(f"--save_path {save_path}: no such folder (it must hold params.json)")
@@ -146,9 +147,6 @@ class RunLock:
         self.fd = None
 
     def __enter__(self):
-        import fcntl
-        import os
-
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -163,7 +161,5 @@ class RunLock:
         return self
 
     def __exit__(self, *exc):
-        import os
-
         os.close(self.fd)  # closing releases the flock
         self.fd = None
