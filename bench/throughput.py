@@ -35,6 +35,7 @@ from datagen import make_cifar  # noqa: E402
 from loader_throughput import reference_loader  # noqa: E402
 from utils import engine  # noqa: E402
 from utils.data import build_loaders  # noqa: E402
+from utils.distributed import SINGLE  # noqa: E402
 from utils.params import params_from_dict  # noqa: E402
 from utils.runtime import seed_everything  # noqa: E402
 from utils.speed import Precision, fast_settings, maybe_compile  # noqa: E402
@@ -65,8 +66,9 @@ class Ours:
         train_loader, _ = build_loaders(params, device)
         model = engine.build_network(params, params.model_name, device)
         optimizer = engine.make_optimizer(params.model_name, model, params.learning_rate)
-        self.run = engine.Run(params, device, None, None, model, maybe_compile(model, params.compile),
-                              optimizer, Precision(params.amp, device), train_loader, None)
+        compiled = maybe_compile(model, params.compile)
+        self.run = engine.Run(params, device, None, None, model, compiled, compiled, optimizer,
+                              Precision(params.amp, device), train_loader, None, SINGLE)
         other = (engine.freeze(engine.build_network(params, args.model, device), params.compile)
                  if mode != "scratch" else None)
         self.objective = {"scratch": lambda: engine.scratch_objective(),

@@ -192,7 +192,8 @@ def test_defaults_are_filled_in(tmp_path):
     assert params.num_channels is None and params.dropout_rate is None
     assert list(params.as_dict()) == list(values) + [
         "num_workers", "augmentation", "cuda", "seed", "data_dir", "amp", "channels_last",
-        "compile", "deterministic"]
+        "compile", "sync_bn", "deterministic"]
+    assert params.sync_bn is False  # per-rank batch statistics, as one DDP process per GPU does
     # the speed switches default to the original's numerics
     assert (params.amp, params.channels_last, params.compile, params.deterministic) == \
         ("off", False, False, True)

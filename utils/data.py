@@ -19,6 +19,7 @@ import torch
 from .augment import CropFlip, NoAugmentation, RotateFlip
 from .errors import ConfigError
 from .datasets import read_cifar, read_digits, read_tiny_imagenet
+from .distributed import SINGLE, check_world_batch, shard_bounds
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
@@ -65,13 +66,19 @@ def epoch_generator(seed, epoch):
 
 
 class DeviceLoader:
-    """Iterates (normalised float images, int64 labels) batches of a split held on `device`."""
+    """Iterates (normalised float images, int64 labels) batches of a split held on `device`.
+
+    Under torchrun (`world` of several processes) a training loader (shuffle) yields each
+    rank's contiguous share of every global batch, so the ranks together see exactly the
+    batches, crops and flips of a single process; an evaluation loader gives each rank a
+    contiguous share of the split, in batches of `batch_size`.
+    """
 
     def __init__(self, split, batch_size, device, mean, std, augmentation=None,
-                 shuffle=False, seed=0, channels_last=False):
+                 shuffle=False, seed=0, channels_last=False, world=SINGLE):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.batch_size, self.shuffle, self.seed, self.world = batch_size, shuffle, seed, world
         self.augmentation = augmentation or NoAugmentation()
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -84,11 +91,28 @@ class DeviceLoader:
         self.epoch = epoch
 
     def __len__(self):
-        return math.ceil(len(self.labels) / self.batch_size)
+        return len(self._batches())
 
     @property
     def num_samples(self):
+        """Images in the whole split (all ranks together)."""
         return len(self.labels)
+
+    def batch_sizes(self):
+        """Global size of each step's batch (for a sharded training loader: all ranks' shares)."""
+        return [stop - start for start, stop in self._global_batches()]
+
+    def _global_batches(self):
+        n = len(self.labels)  # the last partial batch is kept
+        return [(start, min(start + self.batch_size, n)) for start in range(0, n, self.batch_size)]
+
+    def _batches(self):
+        """[lo, hi) positions in this epoch's order that this rank takes, step by step."""
+        rank, size = self.world.rank, self.world.size
+        if self.shuffle:
+            return [shard_bounds(start, stop, rank, size) for start, stop in self._global_batches()]
+        lo, hi = shard_bounds(0, len(self.labels), rank, size)
+        return [(start, min(start + self.batch_size, hi)) for start in range(lo, hi, self.batch_size)]
 
     def __iter__(self):
         n, device = len(self.labels), self.labels.device
@@ -97,10 +121,9 @@ class DeviceLoader:
         draws = self.augmentation.draw(n, generator)  # one per position in this epoch's order
         order = order.to(device)
         draws = {k: v.to(device) for k, v in draws.items()}
-        for start in range(0, n, self.batch_size):  # the last partial batch is kept
-            idx = order[start:start + self.batch_size]
-            images = self.augmentation.apply(
-                self.images[idx], {k: v[start:start + self.batch_size] for k, v in draws.items()})
+        for lo, hi in self._batches():
+            idx = order[lo:hi]
+            images = self.augmentation.apply(self.images[idx], {k: v[lo:hi] for k, v in draws.items()})
             images = images.float() * self.scale - self.shift
             yield images.contiguous(memory_format=self.memory_format), self.labels[idx]
 
@@ -115,17 +138,18 @@ def check_batch_size(params, num_train):
                           "which batch normalisation cannot train on; choose another batch_size")
 
 
-def build_loaders(params, device, eval_batch_size=None):
-    """(train, test) loaders for `params.dataset` under `params.data_dir`."""
+def build_loaders(params, device, eval_batch_size=None, world=SINGLE):
+    """(train, test) loaders for `params.dataset` under `params.data_dir`; `world`: see DeviceLoader."""
     spec = DATASETS[params.dataset]
     train = spec.read(params.data_dir, True, params.num_workers)
     check_batch_size(params, len(train.labels))
+    check_world_batch(params.path, params.batch_size, len(train.labels), world)
     test = spec.read(params.data_dir, False, params.num_workers)
     mean, std = (spec.mean, spec.std) if spec.mean else channel_stats(train.images)
     augmentation = spec.augmentation() if params.augmentation else NoAugmentation()
     layout = getattr(params, "channels_last", False)
     train_loader = DeviceLoader(train, params.batch_size, device, mean, std, augmentation,
-                                shuffle=True, seed=params.seed, channels_last=layout)
+                                shuffle=True, seed=params.seed, channels_last=layout, world=world)
     test_loader = DeviceLoader(test, eval_batch_size or params.batch_size, device, mean, std,
-                               channels_last=layout)
+                               channels_last=layout, world=world)
     return train_loader, test_loader

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import nets
+from . import distributed
 from .checkpoint import check_file, load_weights, remove_partial_writes, save_checkpoint
 from .data import build_loaders, epoch_seed
 from .losses import ce_loss, kd_loss, nasty_loss
@@ -42,11 +43,13 @@ class Run(NamedTuple):
     save_path: Path
     log: Any
     model: torch.nn.Module         # what is checkpointed
-    train_model: torch.nn.Module   # the same weights, compiled when params.compile
+    train_model: torch.nn.Module   # the same weights, compiled when params.compile, DDP under torchrun
+    eval_model: torch.nn.Module    # the same weights, compiled when params.compile, never DDP
     optimizer: torch.optim.Optimizer
     precision: Precision
     train_loader: Any
     test_loader: Any
+    world: distributed.World
 
 
 # ----------------------------------------------------------------------------- objectives
@@ -104,24 +107,33 @@ def prepare(args, mode, overrides=None):
         overrides["data_dir"] = args.data_dir
     params = load_params(save_path, mode, overrides)
     check_checkpoints_exist(params, args)  # before minutes of data decoding, not after
-    device = select_device(args, params)
+    world = distributed.launched_world()
+    device = select_device(args, params, world)
     fast = fast_settings(device) if getattr(args, "fast", False) else {}
     if fast:
         params = load_params(save_path, mode, {**overrides, **fast})
-    log = setup_logging()
+    restart_warning = distributed.start(world, device)
+    log = setup_logging(quiet=not world.is_main)
+    if restart_warning:
+        log.warning(restart_warning)
     if fast:
         log.info(f"--fast on {device.type}: " + ", ".join(f"{k}={v}" for k, v in fast.items()))
     for key, value in params.as_dict().items():
         log.info(f"{key}:{value}")
     log.info(f"Device: {device}; number of classes: {params.num_classes}")
+    if world.distributed:
+        log.info(f"torchrun: {world.size} processes; global batch {params.batch_size}, about "
+                 f"{params.batch_size / world.size:g} per process; sync_bn {int(params.sync_bn)}")
     seed_everything(params.seed, params.deterministic)
-    train_loader, test_loader = build_loaders(params, device, max(params.batch_size, EVAL_BATCH))
+    train_loader, test_loader = build_loaders(params, device, max(params.batch_size, EVAL_BATCH), world)
     log.info(f"Create Model --- {params.model_name}")
     model = build_network(params, params.model_name, device)
+    model = distributed.convert_sync_bn(model, world, device, params.sync_bn)
     optimizer = make_optimizer(params.model_name, model, params.learning_rate)
     log.info(f"Optimizer: {type(optimizer).__name__}")
-    return Run(params, device, save_path, log, model, maybe_compile(model, params.compile),
-               optimizer, Precision(params.amp, device), train_loader, test_loader)
+    eval_model = maybe_compile(model, params.compile)
+    return Run(params, device, save_path, log, model, distributed.wrap(eval_model, world, device),
+               eval_model, optimizer, Precision(params.amp, device), train_loader, test_loader, world)
 
 
 def check_checkpoints_exist(params, args):
@@ -155,24 +167,31 @@ TERM_NAMES = ("total", "ce", "kl")
 
 
 def train_epoch(run, objective, epoch):
-    """One pass over the training split; returns the per-batch means of the loss terms."""
-    model, optimizer, loader = run.train_model, run.optimizer, run.train_loader
+    """One pass over the training split; returns the per-batch means of the loss terms.
+
+    Under torchrun the terms are those of the global batch: each rank weighs its share by
+    its size, so the gradients DDP averages are the gradients of the global batch mean.
+    """
+    model, optimizer, loader, world = run.train_model, run.optimizer, run.train_loader, run.world
     model.train()
     loader.set_epoch(epoch)
+    global_sizes = loader.batch_sizes()
     totals = torch.zeros(3, device=run.device)
     correct = torch.zeros((), dtype=torch.long, device=run.device)
     watch = NonFiniteWatch(run.device)
     seen = 0
     # disable=None: no bar when stderr is not a terminal (cluster logs, pipes)
     with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
-              disable=None) as bar:
+              disable=None if world.is_main else True) as bar:
         for step, (images, labels) in enumerate(loader, 1):
+            share = len(labels) / global_sizes[step - 1]  # 1.0 in a single process
             with run.precision.autocast():
                 logits, terms = objective(model, images, labels)
             optimizer.zero_grad(set_to_none=True)
-            run.precision.backward_step(terms.total, optimizer)
+            loss = terms.total * (share * world.size) if world.distributed else terms.total
+            run.precision.backward_step(loss, optimizer)
             stacked = torch.stack(terms).detach()
-            totals += stacked  # no host sync here
+            totals += stacked * share  # no host sync here
             watch.update(stacked, step)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
@@ -181,8 +200,10 @@ def train_epoch(run, objective, epoch):
                 bar.set_postfix(loss=f"{totals[0].item() / step:.3f}",
                                 acc=f"{100.0 * correct.item() / seen:.2f}")
                 bar.update(step - bar.n)
+    distributed.all_sum(totals)
+    distributed.all_sum(correct)
     loss, ce, kl = (totals / max(1, len(loader))).tolist()
-    return {"loss": loss, "ce": ce, "kl": kl, "acc": 100.0 * correct.item() / max(1, seen)}
+    return {"loss": loss, "ce": ce, "kl": kl, "acc": 100.0 * correct.item() / max(1, loader.num_samples)}
 
 
 class NonFiniteWatch:
@@ -199,8 +220,13 @@ class NonFiniteWatch:
         self.bad_terms = torch.where(first, bad, self.bad_terms)
 
     def check(self, run, epoch):
-        step = int(self.first_step.item())
-        if step >= 0:
+        # every rank stops together, at the first bad step of any of them
+        never = torch.iinfo(torch.long).max
+        first = distributed.all_min(torch.where(self.first_step < 0, never, self.first_step))
+        bad = distributed.all_sum(torch.where(first == self.first_step, self.bad_terms.long(), 0))
+        step = int(first.item())
+        if step != never:
+            self.bad_terms = bad > 0
             names = [n for n, b in zip(TERM_NAMES, self.bad_terms.tolist()) if b]
             raise Diverged(f"non-finite loss at epoch {epoch + 1}, batch {step} (term "
                            f"{', '.join(names)}); stopped, the checkpoints in {run.save_path} keep "
@@ -223,6 +249,8 @@ def _evaluate(model, loader):
         logits = model(images)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
         correct += (logits.argmax(1) == labels).sum()
+    distributed.all_sum(correct)  # each rank evaluated its share of the split
+    distributed.all_sum(loss_sum)
     return {"acc": 100.0 * correct.item() / loader.num_samples,
             "loss": loss_sum.item() / loader.num_samples}
 
@@ -247,21 +275,26 @@ def fit(run, objective, resume=None):
     """Train from the first unfinished epoch to `num_epochs`, checkpointing every epoch.
 
     Nothing in the run folder is written before the folder lock is held and the resume
-    checkpoint has loaded, so a refused run leaves an existing run untouched.
+    checkpoint has loaded, so a refused run leaves an existing run untouched. Under torchrun
+    every rank loads the same checkpoint and rank 0 alone writes.
     """
-    with RunLock(run.save_path):
-        remove_partial_writes(run.save_path)
+    main = run.world.is_main
+    with RunLock(run.save_path) if main else contextlib.nullcontext():
+        if main:
+            remove_partial_writes(run.save_path)
         resume = resume_path(resume, run.save_path)
         state = resume_state(run, resume) if resume else {"epoch": 0, "best_acc": -1.0, "best_epoch": -1}
-        attach_log_file(run.log, run.save_path)
-        tracker = EpochLog(run.save_path, run.log, run.params.mode, start_epoch=state["epoch"])
+        if main:
+            attach_log_file(run.log, run.save_path)
+        tracker = EpochLog(run.save_path, run.log, run.params.mode, start_epoch=state["epoch"]) if main else None
         try:
             for epoch in range(state["epoch"], run.params.num_epochs):
                 run_epoch(run, objective, epoch, state, tracker)
         except KeyboardInterrupt:
             raise Interrupted(interrupt_message(run, state)) from None
         finally:
-            tracker.close()
+            if tracker is not None:
+                tracker.close()
     return state
 
 
@@ -272,18 +305,21 @@ def run_epoch(run, objective, epoch, state, tracker):
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     # dropout etc. draw from a stream fixed by (seed, epoch): a resumed epoch is the same epoch
-    torch.manual_seed(epoch_seed(params.seed, epoch))
+    # (each rank its own stream: the ranks' dropout masks must not repeat each other)
+    torch.manual_seed(epoch_seed(params.seed, epoch) + run.world.rank)
     log.info(f"Epoch {epoch + 1}/{params.num_epochs}")
     log.info(f"Learning Rate {lr}")
     train = train_epoch(run, objective, epoch)
-    test = evaluate(run.train_model, run.test_loader, run.precision)
+    distributed.share_buffers(run.model)
+    test = evaluate(run.eval_model, run.test_loader, run.precision)
     new_best = test["acc"] >= state["best_acc"]
     if new_best:
         state.update(best_acc=test["acc"], best_epoch=epoch + 1)
     # order matters for a kill at any point: the metrics row, then best, then last. Until
     # last_model.tar advances, a resume redoes this epoch identically and rewrites the rest.
-    tracker.record(epoch, lr, train, test, state, new_best, time.time() - started)
-    save_epoch(run, epoch, test, state, new_best)
+    if run.world.is_main:
+        tracker.record(epoch, lr, train, test, state, new_best, time.time() - started)
+        save_epoch(run, epoch, test, state, new_best)
     state["epoch"] = epoch + 1
 
 

@@ -183,6 +183,8 @@ SCHEMA = (
         "with a gradient scaler", _one_of(AMP_MODES, "amp mode")),
     Key("channels_last", FLAG, 0, ALL, "NHWC memory layout for the convolutions (speed only)"),
     Key("compile", FLAG, 0, ALL, "torch.compile the trained and the frozen network (speed only)"),
+    Key("sync_bn", FLAG, 0, ALL, "under torchrun on GPUs: batch-norm statistics over the global "
+        "batch instead of each process's share"),
     Key("deterministic", FLAG, 1, ALL, "deterministic cuDNN as the original; 0 lets "
         "cudnn.benchmark pick the fastest kernels"),
     Key("num_channels", INT, None, ALL, "width of the 'net' CNN", _bounds(low=1)),

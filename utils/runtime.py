@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import distributed
+from .distributed import SINGLE
 from .errors import ConfigError, NastyError
 
 LOGGER_NAME = "nasty"
@@ -54,27 +56,37 @@ def script_parser(doc):
     return parser
 
 
-def select_device(args, params):
-    """CPU or one CUDA device; only an explicit request that cannot be met is an error."""
+def select_device(args, params, world=SINGLE):
+    """CPU or one CUDA device; only an explicit request that cannot be met is an error.
+
+    Under torchrun each process takes the GPU numbered by its LOCAL_RANK.
+    """
     if args.gpu_id and len(args.gpu_id) > 1:
-        raise ConfigError(f"--gpu_id {' '.join(map(str, args.gpu_id))}: several GPUs are used "
-                          "through torchrun (DistributedDataParallel), not DataParallel; "
-                          "give one id here")
+        ids = " ".join(map(str, args.gpu_id))
+        raise ConfigError(f"--gpu_id {ids}: several GPUs are used through torchrun "
+                          f"(DistributedDataParallel), not DataParallel: CUDA_VISIBLE_DEVICES="
+                          f"{ids.replace(' ', ',')} torchrun --nproc_per_node={len(args.gpu_id)} "
+                          f"{Path(sys.argv[0]).name} --save_path {args.save_path}")
+    if world.distributed and args.gpu_id is not None:
+        raise ConfigError("--gpu_id does not go with torchrun: each process uses the GPU of its "
+                          "LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES")
     wants_cuda = args.device == "cuda" or args.gpu_id is not None
     if args.device == "cpu" and args.gpu_id is not None:
         raise ConfigError("--device cpu and --gpu_id contradict each other")
     if wants_cuda and not torch.cuda.is_available():
         raise ConfigError("CUDA was requested (--device cuda or --gpu_id) but this machine has "
                           "no usable CUDA device")
-    if args.gpu_id is not None:
-        index = args.gpu_id[0]
-        if not 0 <= index < torch.cuda.device_count():
-            raise ConfigError(f"--gpu_id {index}: no such GPU (this machine has "
-                              f"{torch.cuda.device_count()})")
-        return torch.device("cuda", index)
+    index = args.gpu_id[0] if args.gpu_id is not None else world.local_rank if world.distributed else None
     # params.cuda: 1 means "a GPU if there is one", as in the original
     use_cuda = wants_cuda or (args.device == "auto" and params.cuda and torch.cuda.is_available())
-    return torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    if not use_cuda:
+        return torch.device("cpu")
+    if index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    if not 0 <= index < torch.cuda.device_count():
+        what = f"--gpu_id {index}" if args.gpu_id is not None else f"LOCAL_RANK {index}"
+        raise ConfigError(f"{what}: no such GPU (this machine has {torch.cuda.device_count()})")
+    return torch.device("cuda", index)
 
 
 def seed_everything(seed, deterministic=True):
@@ -85,11 +97,12 @@ def seed_everything(seed, deterministic=True):
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def setup_logging():
+def setup_logging(quiet=False):
     """Console logging now; file lines wait in memory until `attach_log_file` (so a run refused
-    during setup leaves an existing training.log untouched)."""
+    during setup leaves an existing training.log untouched). `quiet` (ranks other than 0 under
+    torchrun): warnings only, which keeps one copy of each line on the console."""
     logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
     for handler in list(logger.handlers):  # a second run in the same process logs afresh
         logger.removeHandler(handler)
@@ -128,11 +141,15 @@ def check_save_path(save_path):
 
 def run_script(main, argv=None):
     """Run `main(argv)`; user errors become one line on stderr and their exit code."""
+    world = distributed.launched_world()
     try:
         main(argv)
     except NastyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        where = f"rank {world.rank}: " if world.distributed else ""
+        print(f"error: {where}{exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
+    finally:
+        distributed.stop()
 
 
 class RunLock:

@@ -1,0 +1,39 @@
+"""Test helper run under torchrun: train_scratch's run, recording every rank's weights after each step.
+
+    torchrun --nproc_per_node=2 tests/ddp_probe.py --save_path DIR
+
+Writes DIR/probe_rank<R>.pt: a list, one flat float64 vector of all parameters and buffers per
+optimizer step, so a test can compare the ranks (and a single-process run) step by step.
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.engine import fit, prepare, scratch_objective  # noqa: E402
+from utils.runtime import run_script, script_parser  # noqa: E402
+
+
+def flat_state(model):
+    return torch.cat([t.detach().double().flatten() for t in model.state_dict().values()])
+
+
+def main(argv=None):
+    args = script_parser(__doc__).parse_args(argv)
+    run = prepare(args, mode="scratch")
+    steps, step = [], run.optimizer.step
+
+    def recording_step(*a, **k):
+        result = step(*a, **k)
+        steps.append(flat_state(run.model))
+        return result
+
+    run.optimizer.step = recording_step
+    fit(run, scratch_objective(), args.resume)
+    torch.save(steps, Path(args.save_path) / f"probe_rank{run.world.rank}.pt")
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -1,0 +1,311 @@
+"""torchrun / DistributedDataParallel on CPU with Gloo: sharding, identical ranks, rank-0 writes,
+resume across world sizes, an elastic restart after a killed rank, and a two-"node" rendezvous."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+import torch
+
+import nets
+from conftest import ROOT
+from utils.augment import CropFlip
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader, build_loaders
+from utils.datasets import Split
+from utils.distributed import (SINGLE, World, _attempt_store, _restart_warning, check_world_batch,
+                               convert_sync_bn, launched_world, shard_bounds, smallest_shard)
+from utils.engine import evaluate
+from utils.errors import ConfigError
+from utils.params import params_from_dict
+from utils.runtime import select_device
+from utils.tracking import read_metrics
+
+BASE = {"learning_rate": 1e-3, "schedule": [999], "gamma": 0.1, "batch_size": 100,
+        "num_epochs": 2, "num_workers": 0, "augmentation": 1, "cuda": 0, "dataset": "digits"}
+NET = dict(BASE, model_name="net", num_channels=8, dropout_rate=0.0)
+MLP = dict(BASE, model_name="mlp")
+
+
+# ----------------------------------------------------------------------------- in one process
+
+def test_shard_bounds_split_contiguously_with_sizes_differing_by_one():
+    assert [shard_bounds(0, 10, r, 3) for r in range(3)] == [(0, 4), (4, 7), (7, 10)]
+    assert [shard_bounds(100, 102, r, 4) for r in range(4)] == [(100, 101), (101, 102), (102, 102), (102, 102)]
+    assert shard_bounds(0, 7, 0, 1) == (0, 7)
+
+
+def test_smallest_shard_and_the_batch_check():
+    assert smallest_shard(1438, 64, 2) == 15          # last batch 30 -> 15 + 15
+    assert smallest_shard(50000, 128, 8) == 10        # last batch 80 -> 10 each
+    assert smallest_shard(1438, 64, 32) == 0          # last batch 30 over 32 ranks
+    check_world_batch("p.json", 64, 1438, World(0, 2, 0))
+    check_world_batch("p.json", 1, 1438, SINGLE)      # one process: the old check alone
+    with pytest.raises(ConfigError, match=r"batch_size 64 \(the global batch\) over 32 processes "
+                                          r"leaves a rank 0 image"):
+        check_world_batch("p.json", 64, 1438, World(0, 32, 0))
+
+
+def test_launched_world_reads_torchrun_environment():
+    assert launched_world({}) == SINGLE
+    assert launched_world({"WORLD_SIZE": "1", "RANK": "0"}) == SINGLE
+    world = launched_world({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1"})
+    assert world == World(3, 4, 1) and world.distributed and not world.is_main
+
+
+def _indexed_split(n):
+    """Image i holds the value i % 256 in pixel (0, 0, 0) and label i % 10, so batches name their images."""
+    images = torch.zeros(n, 3, 8, 8, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n) % 256
+    images[:, 1, 0, 0] = torch.arange(n) // 256
+    return Split(images, torch.arange(n) % 10)
+
+
+@pytest.mark.parametrize("size", [2, 3])
+def test_rank_shares_put_together_are_the_single_process_batches(size):
+    make = lambda world: DeviceLoader(_indexed_split(203), 20, "cpu", CIFAR_MEAN, CIFAR_STD,
+                                      CropFlip(2, True), shuffle=True, seed=5, world=world)
+    single = make(SINGLE)
+    ranks = [make(World(r, size, r)) for r in range(size)]
+    for loader in [single] + ranks:
+        loader.set_epoch(3)
+    assert all(len(r) == len(single) == 11 for r in ranks)  # every rank takes every step
+    assert single.batch_sizes() == ranks[1].batch_sizes() == [20] * 10 + [3]
+    for step, parts in enumerate(zip(single, *ranks)):
+        (images, labels), shares = parts[0], parts[1:]
+        assert torch.equal(torch.cat([s[0] for s in shares]), images), step
+        assert torch.equal(torch.cat([s[1] for s in shares]), labels), step
+
+
+def test_evaluation_shares_cover_the_split_once():
+    loaders = [DeviceLoader(_indexed_split(1001), 64, "cpu", CIFAR_MEAN, CIFAR_STD, world=World(r, 3, r))
+               for r in range(3)]
+    labels = torch.cat([labels for loader in loaders for _, labels in loader])
+    assert torch.equal(labels, torch.arange(1001) % 10)
+    assert [sum(1 for _ in loader) for loader in loaders] == [6, 6, 6]  # 334, 334, 333 images
+    assert all(loader.num_samples == 1001 for loader in loaders)
+
+
+def test_restart_store_choice_follows_the_launcher():
+    one_node = {"TORCHELASTIC_USE_AGENT_STORE": "True", "GROUP_WORLD_SIZE": "2",
+                "TORCHELASTIC_MAX_RESTARTS": "3"}
+    assert _attempt_store({}) is None and _attempt_store(one_node) is None  # no prefix across nodes
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in _restart_warning(None, one_node)
+    assert _restart_warning(None, dict(one_node, TORCHELASTIC_MAX_RESTARTS="0")) is None
+    assert _restart_warning(None, dict(one_node, TORCHELASTIC_USE_AGENT_STORE="False")) is None
+
+
+def _args(**kw):
+    return Namespace(**{"gpu_id": None, "device": "auto", "save_path": "runs/x", **kw})
+
+
+def test_dataparallel_gpu_ids_point_to_torchrun():
+    params = params_from_dict(NET, "scratch")
+    with pytest.raises(ConfigError, match=r"torchrun \(DistributedDataParallel\).*CUDA_VISIBLE_DEVICES="
+                                          r"0,1,2 torchrun --nproc_per_node=3 .* --save_path runs/x"):
+        select_device(_args(gpu_id=[0, 1, 2]), params)
+    with pytest.raises(ConfigError, match="--gpu_id does not go with torchrun"):
+        select_device(_args(gpu_id=[0]), params, World(1, 2, 1))
+    assert select_device(_args(), params, World(1, 2, 1)) == torch.device("cpu")  # cuda: 0
+
+
+def test_sync_bn_is_refused_on_cpu_and_ignored_in_one_process():
+    model = nets.build_model("net", 10, num_channels=4, dropout_rate=0.0)
+    assert convert_sync_bn(model, SINGLE, torch.device("cpu"), True) is model
+    with pytest.raises(ConfigError, match="sync_bn: 1 needs CUDA"):
+        convert_sync_bn(model, World(0, 2, 0), torch.device("cpu"), True)
+
+
+# ----------------------------------------------------------------------------- under torchrun
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(script, folder, *extra, nproc=2, launcher=(), wait=True):
+    launcher = list(launcher) or ["--standalone", f"--nproc_per_node={nproc}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    command = [sys.executable, "-m", "torch.distributed.run", *launcher, str(ROOT / script),
+               "--save_path", str(folder), *extra]
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    if not wait:
+        return process
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output[-3000:]
+    return output
+
+
+def _single(script, folder, *extra):
+    result = subprocess.run([sys.executable, str(ROOT / script), "--save_path", str(folder), *extra],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _run_dir(path, values):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "params.json").write_text(json.dumps(values))
+    return path
+
+
+def _parameter_part(vectors, model):
+    """Split the probe's flat state vectors into the parameters only (buffers are per rank)."""
+    names = [n for n, _ in model.named_parameters()]
+    sizes = {k: v.numel() for k, v in model.state_dict().items()}
+    offsets, start = {}, 0
+    for name, size in sizes.items():
+        offsets[name], start = (start, start + size), start + size
+    return [torch.cat([v[slice(*offsets[n])] for n in names]) for v in vectors]
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("probes")
+    runs = {}
+    for name, values in (("mlp", MLP), ("net", NET)):
+        for nproc in (1, 2):
+            folder = _run_dir(root / f"{name}{nproc}", values)
+            if nproc == 1:
+                _single("tests/ddp_probe.py", folder)
+            else:
+                _torchrun("tests/ddp_probe.py", folder)
+            runs[name, nproc] = [torch.load(folder / f"probe_rank{r}.pt") for r in range(nproc)]
+    return runs
+
+
+@pytest.mark.parametrize("name", ["mlp", "net"])
+def test_both_ranks_hold_identical_weights_after_every_step(probes, name):
+    model = nets.build_model(name, 10, **({"num_channels": 8, "dropout_rate": 0.0} if name == "net" else {}))
+    rank0, rank1 = (_parameter_part(v, model) for v in probes[name, 2])
+    assert len(rank0) == len(rank1) == 2 * 15  # 1438 images in batches of 100, two epochs
+    for step, (a, b) in enumerate(zip(rank0, rank1), 1):
+        assert torch.equal(a, b), f"step {step}"
+
+
+def test_global_batch_split_matches_one_process_without_batch_norm(probes):
+    """mlp has no batch norm: two ranks compute the global-batch gradient of one process, up to
+    the order of floating-point sums (Adam's first steps, g / (|g| + eps), magnify that for tiny g)."""
+    (one,), (rank0, _) = probes["mlp", 1], probes["mlp", 2]
+    worst = max((a - b).abs().max().item() for a, b in zip(one, rank0))
+    assert worst < 2e-5  # measured 4.2e-6; the weights are ~0.05 in size and move by 1e-3 per step
+
+
+def test_global_batch_split_stays_close_to_one_process_with_batch_norm(probes):
+    """With batch norm each rank normalises its own 50 images, not the 100 of the global batch:
+    a small, expected difference (sync_bn on GPUs removes it)."""
+    model = nets.build_model("net", 10, num_channels=8, dropout_rate=0.0)
+    one = _parameter_part(probes["net", 1][0], model)[-1]
+    two = _parameter_part(probes["net", 2][0], model)[-1]
+    relative = ((one - two).abs().mean() / one.abs().mean()).item()
+    assert 0 < relative < 0.15  # measured 0.063 after 30 Adam steps at lr 1e-3
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """scratch -> nasty -> kd, each with 2 ranks."""
+    root = tmp_path_factory.mktemp("ddp_chain")
+    teacher = _run_dir(root / "teacher", NET)
+    logs = {"teacher": _torchrun("train_scratch.py", teacher)}
+    nasty = _run_dir(root / "nasty", dict(NET, num_epochs=1, adversarial_model="net", temperature=4,
+                                          weight=0.04, adversarial_resume=str(teacher / "best_model.tar")))
+    logs["nasty"] = _torchrun("train_nasty.py", nasty)
+    student = _run_dir(root / "student", dict(NET, num_epochs=1, teacher_model="net", temperature=4,
+                                              alpha=0.9, teacher_resume=str(nasty / "best_model.tar")))
+    logs["student"] = _torchrun("train_kd.py", student)
+    return {"teacher": teacher, "nasty": nasty, "student": student, "logs": logs}
+
+
+@pytest.mark.parametrize("stage", ["teacher", "nasty", "student"])
+def test_two_ranks_train_every_stage_and_rank0_alone_writes(chain, stage):
+    folder = chain[stage]
+    assert not list(folder.glob("probe*")) and not list(folder.glob(".*.tmp"))
+    log = (folder / "training.log").read_text()
+    assert log.count("Epoch 1/") == 1 and "torchrun: 2 processes; global batch 100" in log
+    assert chain["logs"][stage].count("- Eval metrics") == load_checkpoint(folder / "last_model.tar")["epoch"]
+    rows = read_metrics(folder / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1))
+    state_dict = load_checkpoint(folder / "last_model.tar")["state_dict"]
+    assert not any(k.startswith("module.") for k in state_dict)
+
+
+def test_sharded_evaluation_is_exact_accuracy_of_the_checkpoint(chain):
+    """The all-reduced test accuracy of the 2-rank run equals a one-process evaluation of the
+    checkpoint it saved (rank 0's batch-norm statistics are shared before evaluating)."""
+    params = params_from_dict(NET, "scratch")
+    _, test_loader = build_loaders(params, torch.device("cpu"))
+    model = nets.build_model("net", 10, num_channels=8, dropout_rate=0.0)
+    load_weights(model, chain["teacher"] / "last_model.tar")
+    recorded = read_metrics(chain["teacher"] / "metrics.jsonl")[-1]
+    measured = evaluate(model, test_loader)
+    assert measured["acc"] == recorded["test_acc"]
+    assert measured["loss"] == pytest.approx(recorded["test_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
+def test_resume_across_world_sizes(tmp_path, first, second):
+    folder = _run_dir(tmp_path / "run", dict(NET, num_epochs=1))
+    launch = lambda n, *extra: (_single("train_scratch.py", folder, *extra) if n == 1
+                                else _torchrun("train_scratch.py", folder, *extra))
+    launch(first)
+    _run_dir(folder, dict(NET, num_epochs=2))
+    launch(second, "--resume", "auto")
+    assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1, 2]
+    assert "Resumed from" in (folder / "training.log").read_text()
+    assert load_checkpoint(folder / "last_model.tar")["epoch"] == 2
+
+
+def _rank_pid(folder, rank):
+    """The pid of the training process of `rank` whose command line names `folder`."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if (str(folder) in (entry / "cmdline").read_bytes().decode(errors="replace")
+                    and f"\0RANK={rank}\0" in "\0" + (entry / "environ").read_bytes().decode(errors="replace")):
+                return int(entry.name)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def test_elastic_restart_after_a_killed_rank_finishes_with_the_uninterrupted_result(tmp_path):
+    values = dict(NET, num_channels=16, batch_size=50, num_epochs=3)
+    reference = _run_dir(tmp_path / "reference", values)
+    _torchrun("train_scratch.py", reference)
+    folder = _run_dir(tmp_path / "killed", values)
+    process = _torchrun("train_scratch.py", folder, "--resume", "auto", wait=False,
+                        launcher=["--standalone", "--nproc_per_node=2", "--max_restarts=1"])
+    deadline = time.time() + 120
+    while not read_metrics(folder / "metrics.jsonl") and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    pid = _rank_pid(folder, 1)
+    assert pid is not None and read_metrics(folder / "metrics.jsonl")[-1]["epoch"] < 3
+    os.kill(pid, signal.SIGKILL)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert "Resumed from" in (folder / "training.log").read_text()  # the restart continued
+    assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1, 2, 3]
+    expected = load_checkpoint(reference / "last_model.tar")["state_dict"]
+    final = load_checkpoint(folder / "last_model.tar")
+    assert final["epoch"] == 3
+    assert all(torch.equal(expected[k], final["state_dict"][k]) for k in expected)
+
+
+def test_two_nodes_meet_through_c10d_rendezvous(tmp_path):
+    """Two launchers on one machine stand in for two nodes: the multi-node command, unchanged code."""
+    folder = _run_dir(tmp_path / "run", dict(NET, num_epochs=1))
+    endpoint = f"127.0.0.1:{_free_port()}"
+    launchers = [_torchrun("train_scratch.py", folder, wait=False, launcher=[
+        "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}", "--rdzv_backend=c10d",
+        f"--rdzv_endpoint={endpoint}", "--rdzv_id=nasty-test"]) for node in (0, 1)]
+    outputs = [p.communicate(timeout=300)[0] for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "torchrun: 2 processes" in (folder / "training.log").read_text()
+    assert load_checkpoint(folder / "last_model.tar")["epoch"] == 1

@@ -1,0 +1,172 @@
+"""Data-parallel training under torchrun: which process this is, and the collectives the engine needs.
+
+    torchrun --nproc_per_node=4 train_scratch.py --save_path DIR
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+        train_nasty.py --save_path DIR --resume auto
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; without it (or with a world of one process)
+every function here is a no-op, so a plain `python train_*.py` run is unchanged.
+`batch_size` is the global batch: each step, rank r trains on its contiguous share of the
+same (seed, epoch)-determined batch that a single process would take (see `shard_bounds`).
+"""
+import os
+from datetime import timedelta
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from .errors import ConfigError
+
+
+class World(NamedTuple):
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self):
+        """Rank 0 alone writes the log, metrics, tensorboard scalars and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.size > 1
+
+
+SINGLE = World()
+
+
+def launched_world(environ=None):
+    """The World torchrun describes in the environment; SINGLE outside torchrun."""
+    environ = os.environ if environ is None else environ
+    size = int(environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return SINGLE
+    return World(int(environ["RANK"]), size, int(environ.get("LOCAL_RANK", "0")))
+
+
+def start(world, device):
+    """Join the process group: NCCL between GPUs, Gloo between CPU processes.
+
+    Returns a line for the log when torchrun's set-up will not survive an elastic restart.
+    """
+    if not world.distributed or dist.is_initialized():
+        return None
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    options = {"device_id": device} if device.type == "cuda" else {}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    store = _attempt_store()
+    if store is None:
+        dist.init_process_group(backend, **options)
+    else:
+        dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.size, **options)
+    return _restart_warning(store)
+
+
+def _shares_agent_store(environ=None):
+    return (environ or os.environ).get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+
+
+def _attempt_store(environ=None):
+    """torchrun's own store, under a prefix of this restart attempt; None: the default set-up.
+
+    By default torchrun's workers share the launcher's store, which outlives a restart and
+    still holds the killed attempt's addresses: the restarted ranks then try to connect to
+    dead processes (PyTorch issue 135712). On one node every worker has the same restart
+    count, so a prefix per attempt keeps the attempts apart.
+    """
+    environ = environ or os.environ
+    if not _shares_agent_store(environ) or environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        return None
+    server = dist.TCPStore(environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), is_master=False,
+                           timeout=timedelta(minutes=30))
+    return dist.PrefixStore(f"nasty-teacher/attempt-{environ.get('TORCHELASTIC_RESTART_COUNT', '0')}",
+                            server)
+
+
+def _restart_warning(store, environ=None):
+    environ = environ or os.environ
+    if store is None and _shares_agent_store(environ) and int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        return ("warning: several nodes with --max_restarts and torchrun's shared store: a restart "
+                "can hang reconnecting (PyTorch issue 135712); launch with "
+                "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 in the environment")
+    return None
+
+
+def stop():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def active():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def all_sum(tensor):
+    """Sum `tensor` over all processes, in place; a no-op in a single process."""
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_min(tensor):
+    if active():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return tensor
+
+
+def share_buffers(model):
+    """Rank 0's buffers (batch-norm running statistics) to every rank.
+
+    Each rank updates them from its own share of the last batch; DDP re-sends rank 0's at
+    the next training step, but evaluation must use the checkpointed ones everywhere now.
+    """
+    if active():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def shard_bounds(start_index, stop_index, rank, size):
+    """[lo, hi) of rank's contiguous share of positions start..stop, sizes differing by one at most."""
+    base, extra = divmod(stop_index - start_index, size)
+    lo = start_index + rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def smallest_shard(num_samples, batch_size, size):
+    """The fewest images any rank gets in any training step."""
+    full = batch_size // size if num_samples >= batch_size else num_samples // size
+    rest = num_samples % batch_size
+    return min(full, rest // size) if rest else full
+
+
+def check_world_batch(path, batch_size, num_samples, world):
+    """Every rank needs >= 2 images per step: batch normalisation cannot train on one."""
+    if not world.distributed:
+        return
+    smallest = smallest_shard(num_samples, batch_size, world.size)
+    if smallest < 2:
+        raise ConfigError(
+            f"{path}: batch_size {batch_size} (the global batch) over {world.size} processes "
+            f"leaves a rank {smallest} image(s) in some step ({num_samples} training images); "
+            "batch normalisation needs 2: use a larger batch_size or fewer processes")
+
+
+def wrap(model, world, device):
+    """DistributedDataParallel around `model` when there are several processes."""
+    if not world.distributed:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+def convert_sync_bn(model, world, device, enabled):
+    """Batch-norm statistics over the global batch instead of each rank's share (CUDA only)."""
+    if not (enabled and world.distributed):
+        return model
+    if device.type != "cuda":
+        raise ConfigError("sync_bn: 1 needs CUDA (PyTorch's SyncBatchNorm has no CPU "
+                          "implementation); set sync_bn to 0 for CPU runs")
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
