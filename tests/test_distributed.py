@@ -136,12 +136,21 @@ def _torchrun(script, folder, *extra, nproc=2, launcher=(), wait=True):
     command = [sys.executable, "-m", "torch.distributed.run", *launcher, str(ROOT / script),
                "--save_path", str(folder), *extra]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
     if not wait:
         return process
-    output, _ = process.communicate(timeout=300)
+    output = _finish(process)
     assert process.returncode == 0, output[-3000:]
     return output
+
+
+def _finish(process, timeout=300):
+    """The launcher's output; a launcher that hangs is killed with its workers (its session)."""
+    try:
+        return process.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        return process.communicate()[0] + "\n[killed after the timeout]"
 
 
 def _single(script, folder, *extra):
@@ -288,7 +297,7 @@ def test_elastic_restart_after_a_killed_rank_finishes_with_the_uninterrupted_res
     pid = _rank_pid(folder, 1)
     assert pid is not None and read_metrics(folder / "metrics.jsonl")[-1]["epoch"] < 3
     os.kill(pid, signal.SIGKILL)
-    output, _ = process.communicate(timeout=120)
+    output = _finish(process)
     assert process.returncode == 0, output[-3000:]
     assert "Resumed from" in (folder / "training.log").read_text()  # the restart continued
     assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1, 2, 3]
@@ -305,7 +314,7 @@ def test_two_nodes_meet_through_c10d_rendezvous(tmp_path):
     launchers = [_torchrun("train_scratch.py", folder, wait=False, launcher=[
         "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}", "--rdzv_backend=c10d",
         f"--rdzv_endpoint={endpoint}", "--rdzv_id=nasty-test"]) for node in (0, 1)]
-    outputs = [p.communicate(timeout=300)[0] for p in launchers]
+    outputs = [_finish(p) for p in launchers]
     assert [p.returncode for p in launchers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "torchrun: 2 processes" in (folder / "training.log").read_text()
     assert load_checkpoint(folder / "last_model.tar")["epoch"] == 1
