@@ -25,13 +25,15 @@ def test_ci_installs_both_requirement_files():
 def test_requirements_name_what_the_project_imports():
     names = {re.split(r"[<>=]", l)[0].strip()
              for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip()}
-    assert names == {"torch", "torchvision", "numpy", "tqdm", "tensorboardX", "scikit-learn"}
+    assert names == {"torch", "torchvision", "numpy", "tqdm", "tensorboardX", "scikit-learn",
+                     "matplotlib"}
     assert (ROOT / "requirements-dev.txt").read_text().split() == ["pytest"]
 
 
 def test_published_experiments_are_all_present():
     found = sorted(p.relative_to(ROOT / "experiments").parent.as_posix()
-                   for p in (ROOT / "experiments").rglob("params.json") if "Digits" not in p.parts)
+                   for p in (ROOT / "experiments").rglob("params.json")
+                   if "Digits" not in p.parts and not p.parent.name.startswith("seed_"))
     assert len(found) == 60
     assert {f.split("/")[0] for f in found} == {"CIFAR10", "CIFAR100", "TinyImageNet"}
     assert "CIFAR10/kd_nasty_resnet18/nasty_resnet18" in found
@@ -51,7 +53,9 @@ def test_digits_chain_is_complete_and_points_at_its_own_runs():
     from utils.params import load_params
 
     digits = ROOT / "experiments" / "Digits"
-    folders = {p.parent.relative_to(digits).as_posix() for p in digits.rglob("params.json")}
+    # seed_<s>/ folders are reproduce.py's per-seed runs, not configs
+    folders = {p.parent.relative_to(digits).as_posix() for p in digits.rglob("params.json")
+               if not p.parent.name.startswith("seed_")}
     assert folders == {"baseline/preresnet20", "baseline/cnn", "kd_normal_preresnet20/cnn",
                        "kd_nasty_preresnet20/nasty_preresnet20", "kd_nasty_preresnet20/cnn"}
     modes = {"baseline": "scratch", "nasty_preresnet20": "nasty"}

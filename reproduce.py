@@ -1,0 +1,79 @@
+"""From configs to the paper's table: train every stage of a tree of experiments in order, then
+write results.md, results.json and the figures into the tree.
+
+    python reproduce.py experiments/Digits                 # about 4 minutes on a 2-core CPU
+    python reproduce.py experiments/CIFAR10 --dry-run      # the plan: order, what is done, what resumes
+    python reproduce.py experiments/Digits --seeds 0 1 2   # every stage per seed, in <stage>/seed_<s>/
+
+Every params.json below the folder is a stage, trained by the script its keys call for
+(adversarial_resume: train_nasty.py, teacher_resume: train_kd.py, else train_scratch.py) after the
+stage whose checkpoint it reads. Finished runs are skipped and started ones resume, so the same
+command continues an interrupted reproduction. A stage that fails is reported with its log and
+stops only the stages that need it; the exit status is then 1.
+"""
+import argparse
+from pathlib import Path
+
+from utils.errors import NastyError
+from utils.figures import add_figures
+from utils.pipeline import describe_plan, make_plan
+from utils.progress import Progress
+from utils.report import collect, write_report
+from utils.runner import Interrupted, SubprocessRunner, execute
+from utils.runtime import OneLineParser, run_script
+
+
+def parse(argv):
+    parser = OneLineParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", help="a folder of experiment configs (params.json files below it)")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="S",
+                        help="run every stage once per seed, in <stage>/seed_<s>/ (default: each "
+                             "config's own seed, in the config's folder)")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan and change nothing")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="write the tables only (no figures, no teacher comparison)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="passed to every script")
+    parser.add_argument("--data_dir", help="data root, passed to every script")
+    parser.add_argument("--fast", action="store_true", help="passed to every script (speed switches)")
+    return parser.parse_args(argv)
+
+
+def script_flags(args):
+    """The flags every training script gets besides --save_path and --resume auto."""
+    flags = ["--device", args.device] if args.device else []
+    flags += ["--data_dir", args.data_dir] if args.data_dir else []
+    return flags + (["--fast"] if args.fast else [])
+
+
+def main(argv=None):
+    args = parse(argv)
+    if args.data_dir:  # the scripts run in the plan's base folder, not necessarily here
+        args.data_dir = str(Path(args.data_dir).resolve())
+    plan = make_plan(args.folder, args.seeds)
+    print(describe_plan(plan), flush=True)
+    if args.dry_run:
+        return
+    try:
+        outcomes = execute(plan, SubprocessRunner(plan.base, script_flags(args)), Progress())
+        results = collect(plan, outcomes)
+        if not args.no_figures:
+            add_figures(plan, results, args.data_dir)
+    except KeyboardInterrupt:  # outside a script (those are handled by the runner)
+        raise Interrupted("interrupted; run the same command again to continue") from None
+    print("\n" + write_report(plan, results), flush=True)
+    print(f"Written: {plan.root / 'results.md'}, {plan.root / 'results.json'}"
+          + "".join(f", {plan.root / name}" for g in results["groups"] for name in g["figures"]))
+    check_outcomes(outcomes)
+
+
+def check_outcomes(outcomes):
+    failed = sum(o.state == "failed" for o in outcomes.values())
+    skipped = sum(o.state == "skipped" for o in outcomes.values())
+    if failed:
+        raise NastyError(f"{failed} run(s) failed and {skipped} that need them were skipped; the "
+                         "table holds the rest. Fix the cause and run the same command again")
+
+
+if __name__ == "__main__":
+    run_script(main)

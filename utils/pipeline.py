@@ -1,0 +1,307 @@
+"""A tree of experiment configs as a plan: its stages, their order, their per-seed runs, their state.
+
+    plan = make_plan("experiments/Digits", seeds=[0, 1, 2])
+    print(describe_plan(plan))
+    outcomes = execute(plan, SubprocessRunner(plan.base), Progress())
+
+Every folder with a params.json is a stage. Its mode follows from its keys (adversarial_resume:
+nasty, teacher_resume: kd, else scratch), and it depends on the stage whose folder holds the
+checkpoint it references. The configs write those paths relative to the folder the scripts are
+started from (the project root for the published ones); the plan looks for that folder among the
+current directory, the project root and the tree's own ancestors, and runs every script there, so
+checkpoint paths and `data_dir` mean what they would mean when typed by hand.
+
+With seeds, each stage runs once per seed in `<stage>/seed_<s>/`, from a copy of its params.json
+with that seed whose checkpoint reference points at the same seed's run of the stage it needs.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Any, NamedTuple, Optional
+
+from .checkpoint import load_checkpoint
+from .errors import ConfigError, NastyError
+from .params import load_params
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = {"scratch": "train_scratch.py", "nasty": "train_nasty.py", "kd": "train_kd.py"}
+REFERENCE_KEYS = {"nasty": "adversarial_resume", "kd": "teacher_resume"}
+SEED_FOLDER = re.compile(r"seed_\d+")
+
+
+@dataclass
+class Stage:
+    name: str                          # folder relative to the tree, e.g. "baseline/preresnet20"
+    folder: Path                       # absolute
+    mode: str                          # scratch, nasty or kd
+    params: Any                        # the validated params.json
+    config: dict                       # its raw values, the source of per-seed copies
+    reference: Optional[str] = None    # checkpoint path as the config writes it
+    checkpoint: Optional[Path] = None  # that path, resolved
+    parent: Optional[str] = None       # name of the stage whose folder holds it; None: external
+
+
+@dataclass
+class Run:
+    stage: Stage
+    seed: Optional[int]                # None: in place, with the config's own seed
+    folder: Path
+
+    @property
+    def key(self):
+        return self.stage.name, self.seed
+
+    @property
+    def label(self):
+        return self.stage.name if self.seed is None else f"{self.stage.name} [seed {self.seed}]"
+
+
+@dataclass
+class Plan:
+    root: Path                         # the tree, absolute
+    base: Path                         # where the scripts run; config paths are relative to it
+    stages: list                       # in run order
+    seeds: Optional[list]              # None: each config's own seed, in place
+    runs: list                         # in run order
+
+    def stage(self, name):
+        return next(s for s in self.stages if s.name == name)
+
+    def parent_key(self, run):
+        return None if run.stage.parent is None else (run.stage.parent, run.seed)
+
+
+class Status(NamedTuple):
+    state: str                         # "done", "resume" or "new"
+    epoch: int                         # epochs in last_model.tar
+    num_epochs: int
+
+
+# ----------------------------------------------------------------------------- discovery
+
+def mode_of(config):
+    if "adversarial_resume" in config:
+        return "nasty"
+    return "kd" if "teacher_resume" in config else "scratch"
+
+
+def find_config_folders(root):
+    """Folders below `root` holding a params.json; hidden folders and per-seed runs are not stages."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        is_stage = "params.json" in files
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
+                               and not (is_stage and SEED_FOLDER.fullmatch(d)))
+        if is_stage:
+            found.append(Path(folder))
+    return found
+
+
+def read_config(file):
+    try:
+        values = json.loads(file.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{file}: cannot read ({error})") from None
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: "
+                          f"{error.msg}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{file}: top level must be a JSON object")
+    return values
+
+
+def load_stage(root, folder):
+    """The stage of `folder`, validated now so that a bad config stops the plan, not hour three."""
+    config = read_config(folder / "params.json")
+    mode = mode_of(config)
+    params = load_params(folder, mode)
+    name = folder.relative_to(root).as_posix()
+    key = REFERENCE_KEYS.get(mode)
+    return Stage(root.name if name == "." else name, folder, mode, params, config,
+                 reference=getattr(params, key) if key else None)
+
+
+# ----------------------------------------------------------------------------- checkpoint references
+
+def candidate_bases(root):
+    """Folders the configs' relative checkpoint paths may be written against, most likely first."""
+    bases = [Path.cwd().resolve(), PROJECT_ROOT, root, *root.parents]
+    return list(dict.fromkeys(bases))
+
+
+def link(base, reference, stage_folders):
+    """(resolved path, name of the stage that writes it or None), or None when nothing does and no
+    such file exists. An absolute reference ignores `base`."""
+    path = (base / Path(reference).expanduser()).resolve()
+    parent = stage_folders.get(path.parent)
+    if parent is None and not path.is_file():
+        return None
+    return path, parent
+
+
+def resolve_references(root, stages):
+    """Pick the base folder under which every reference resolves, preferring the one under which
+    most of them are the tree's own stages; set each stage's checkpoint and parent."""
+    stage_folders = {s.folder.resolve(): s.name for s in stages}
+    referring = [s for s in stages if s.reference]
+    best = None
+    for base in candidate_bases(root):
+        links = [link(base, s.reference, stage_folders) for s in referring]
+        if None in links:
+            continue
+        produced = sum(parent is not None for _, parent in links)
+        if best is None or produced > best[1]:
+            best = (base, produced, links)
+    if best is None:
+        raise unresolved_error(root, referring, stage_folders)
+    base, _, links = best
+    for stage, (path, parent) in zip(referring, links):
+        stage.checkpoint, stage.parent = path, parent
+    return base
+
+
+def unresolved_error(root, referring, stage_folders):
+    bases = candidate_bases(root)
+    for stage in referring:
+        if all(link(base, stage.reference, stage_folders) is None for base in bases):
+            key = REFERENCE_KEYS[stage.mode]
+            return ConfigError(
+                f"{stage.folder / 'params.json'}: {key} {stage.reference!r} is neither written by "
+                f"a stage under {root} nor an existing file (looked relative to "
+                f"{', '.join(str(b) for b in bases[:3])} and the tree's parent folders)")
+    return ConfigError(f"{root}: the configs' checkpoint paths are relative to different folders; "
+                       "write them all relative to one folder (the project root, as published)")
+
+
+# ----------------------------------------------------------------------------- order
+
+def order_stages(stages):
+    """Stages such that each comes after the one it needs: normal teachers, then nasty teachers,
+    then students; within a level, stages that others need first, then by mode and name."""
+    by_name = {s.name: s for s in stages}
+    level = {}
+
+    def depth(name, trail):
+        if name in trail:
+            cycle = trail[trail.index(name):] + [name]
+            raise ConfigError("dependency cycle: " + " -> ".join(cycle)
+                              + " (each stage needs the checkpoint of the next)")
+        if name not in level:
+            parent = by_name[name].parent
+            level[name] = 0 if parent is None else depth(parent, trail + [name]) + 1
+        return level[name]
+
+    for stage in stages:
+        depth(stage.name, [])
+    needed = {s.parent for s in stages if s.parent}
+    rank = {"scratch": 0, "nasty": 1, "kd": 2}
+    return sorted(stages, key=lambda s: (level[s.name], s.name not in needed, rank[s.mode], s.name))
+
+
+def make_plan(folder, seeds=None):
+    """The plan of every params.json below `folder`, one run per stage (and seed), in order."""
+    root = Path(folder).expanduser().resolve()
+    if not root.is_dir():
+        raise ConfigError(f"{folder}: no such folder")
+    folders = find_config_folders(root)
+    if not folders:
+        raise ConfigError(f"{folder}: no params.json below this folder")
+    seeds = check_seeds(seeds)
+    stages = [load_stage(root, f) for f in folders]
+    base = resolve_references(root, stages)
+    stages = order_stages(stages)
+    if seeds is None:
+        runs = [Run(s, None, s.folder) for s in stages]
+    else:  # seed by seed: the first seed's whole table is there before the second one starts
+        runs = [Run(s, seed, s.folder / f"seed_{seed}") for seed in seeds for s in stages]
+    return Plan(root, base, stages, seeds, runs)
+
+
+def check_seeds(seeds):
+    if seeds is None:
+        return None
+    if not seeds:
+        raise ConfigError("--seeds: give at least one seed")
+    bad = [s for s in seeds if s < 0]
+    if bad or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"--seeds {' '.join(map(str, seeds))}: seeds must be distinct and >= 0")
+    return list(seeds)
+
+
+# ----------------------------------------------------------------------------- per-seed runs, state
+
+def seed_config(run):
+    """The params.json of a per-seed run: the config with this seed, reading its teacher's (or
+    adversary's) run of the same seed; an external checkpoint stays as it is."""
+    config = dict(run.stage.config, seed=run.seed)
+    if run.stage.parent is not None:
+        reference = PurePath(run.stage.reference)
+        config[REFERENCE_KEYS[run.stage.mode]] = (reference.parent / f"seed_{run.seed}"
+                                                  / reference.name).as_posix()
+    return config
+
+
+def write_seed_config(run):
+    """Create the run folder of a per-seed run with its params.json (rewritten only on change)."""
+    run.folder.mkdir(parents=True, exist_ok=True)
+    file = run.folder / "params.json"
+    text = json.dumps(seed_config(run), indent=4) + "\n"
+    if not file.is_file() or file.read_text(encoding="utf-8") != text:
+        file.write_text(text, encoding="utf-8")
+
+
+def run_status(run):
+    """done: best_model.tar exists and last_model.tar holds every epoch; resume: a run to continue."""
+    last, total = run.folder / "last_model.tar", run.stage.params.num_epochs
+    if not last.is_file():
+        return Status("new", 0, total)
+    try:
+        epoch = int(load_checkpoint(last).get("epoch", 0))
+    except NastyError:  # damaged: the script's --resume auto names the problem
+        return Status("resume", 0, total)
+    finished = epoch >= total and (run.folder / "best_model.tar").is_file()
+    return Status("done" if finished else "resume", epoch, total)
+
+
+def status_text(status):
+    if status.state == "done":
+        return f"done ({status.epoch}/{status.num_epochs} epochs)"
+    if status.state == "resume":
+        return f"resume after epoch {status.epoch}/{status.num_epochs}"
+    return f"new ({status.num_epochs} epoch{'s' if status.num_epochs > 1 else ''})"
+
+
+# ----------------------------------------------------------------------------- the plan as text
+
+def describe_plan(plan):
+    """The plan as a table: order, mode, model, what each stage needs and what is left to do."""
+    seeds = "each config's own seed" if plan.seeds is None else \
+        "seeds " + ", ".join(map(str, plan.seeds))
+    lines = [(f"Plan for {plan.root}: {len(plan.stages)} stages, {seeds}, {len(plan.runs)} runs; "
+              f"the scripts run in {plan.base}")]
+    statuses = {run.key: run_status(run) for run in plan.runs}
+    rows = [("#", "stage", "mode", "model", "needs", "state")]
+    for number, stage in enumerate(plan.stages, 1):
+        states = [status_text(statuses[r.key]) if r.seed is None
+                  else f"seed {r.seed}: {status_text(statuses[r.key])}"
+                  for r in plan.runs if r.stage is stage]
+        rows.append((str(number), stage.name, stage.mode, stage.params.model_name,
+                     needs_text(stage), "; ".join(states)))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+    left = sum(status.state != "done" for status in statuses.values())
+    lines.append(f"{left} of {len(plan.runs)} runs to train; finished ones are skipped, "
+                 "started ones resume")
+    return "\n".join(lines)
+
+
+def needs_text(stage):
+    if stage.reference is None:
+        return "-"
+    role = "adversary" if stage.mode == "nasty" else "teacher"
+    if stage.parent is None:
+        return f"{role}: external {stage.checkpoint}"
+    return f"{role}: {stage.parent}"

@@ -1,0 +1,96 @@
+"""What reproduce.py shows while it works: one line per run, and on a terminal a live status line.
+
+    progress = Progress()                      # live line only when stdout is a terminal
+    progress.begin(15); progress.at(3, run); progress.start(run, status)
+    progress.output("Epoch 4/15\n")            # the child's lines: epoch and accuracy for the live line
+    progress.end(run, outcome)
+
+The permanent lines look like
+    [3/15 0:02:41] kd_nasty_preresnet20/nasty_preresnet20 (nasty, preresnet20): ran in 67 s, best 98.89
+so a log of a batch job reads the same as the screen.
+"""
+import re
+import shutil
+import sys
+import time
+
+from .runner import exit_text
+from .tracking import read_metrics
+
+EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+)")
+EVAL_LINE = re.compile(r"^- Eval metrics : acc: ([0-9.]+)")
+
+
+def clock(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def best_accuracy(folder):
+    rows = read_metrics(folder / "metrics.jsonl")
+    return rows[-1].get("best_acc") if rows else None
+
+
+class Progress:
+    def __init__(self, stream=None, live=None):
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty() if live is None else live
+        self.total, self.position, self.started = 0, 0, time.time()
+        self.run, self.epoch, self.accuracy, self.shown = None, "", "", False
+
+    def begin(self, total):
+        self.total, self.started = total, time.time()
+
+    def at(self, position, run):
+        self.position, self.run, self.epoch, self.accuracy = position, run, "", ""
+
+    def prefix(self):
+        stage = self.run.stage
+        return (f"[{self.position}/{self.total} {clock(time.time() - self.started)}] {self.run.label} "
+                f"({stage.mode}, {stage.params.model_name})")
+
+    def start(self, run, status):
+        what = (f"resuming after epoch {status.epoch} of {status.num_epochs}"
+                if status.state == "resume" else
+                f"training {status.num_epochs} epoch{'s' if status.num_epochs > 1 else ''}")
+        self.line(f"{self.prefix()}: {what}, log: {run.folder / 'reproduce.log'}")
+
+    def output(self, text):
+        """A line of the child's output: keeps the live line's epoch and accuracy current."""
+        epoch, accuracy = EPOCH_LINE.match(text), EVAL_LINE.match(text)
+        if epoch:
+            self.epoch = f"epoch {epoch.group(1)}/{epoch.group(2)}"
+        if accuracy:
+            self.accuracy = f", test acc {float(accuracy.group(1)):.2f}"
+        if self.live and (epoch or accuracy):
+            self.draw(f"{self.prefix()}: {self.epoch}{self.accuracy}")
+
+    def end(self, run, outcome):
+        self.line(f"{self.prefix()}: {self.result(run, outcome)}")
+
+    @staticmethod
+    def result(run, outcome):
+        best = best_accuracy(run.folder)
+        best = "" if best is None else f", best {best:.2f}"
+        if outcome.state == "done":
+            return f"finished earlier, skipped{best}"
+        if outcome.state == "ran":
+            return f"ran in {outcome.seconds:.0f} s{best}"
+        if outcome.state == "failed":
+            return (f"failed ({exit_text(outcome.exit_code)}), log: {outcome.log}"
+                    + (f"\n    {outcome.message}" if outcome.message else ""))
+        return f"skipped: {outcome.message}"
+
+    def draw(self, text):
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        self.stream.write("\r\x1b[K" + text[:width])
+        self.stream.flush()
+        self.shown = True
+
+    def line(self, text):
+        """A permanent line (the live line, if any, is cleared first)."""
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.shown = False
+        self.stream.write(text + "\n")
+        self.stream.flush()

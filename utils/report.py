@@ -1,0 +1,291 @@
+"""The paper's table from a plan's runs: `<tree>/results.md` (also printed) and `<tree>/results.json`.
+
+    results = collect(plan, outcomes)      # every number read back from the runs' metrics.jsonl
+    text = write_report(plan, results)     # results.md, results.json; returns the markdown
+
+The layout is that of the paper's Table 1: per normal teacher, a row for the students trained
+alone, a row for the normal teacher and one for the nasty teacher; the first column holds the
+teachers' own accuracy, then one column per student network. Accuracy is each run's best test
+accuracy over its epochs, as the original reports it; with several seeds, mean ± sample
+standard deviation. Differences (in parentheses) are between means: nasty teacher minus normal
+teacher, student distilled minus the same network trained alone. A run that has not finished
+gives no number ("—").
+"""
+import json
+from collections import Counter
+from typing import NamedTuple, Optional
+
+from .pipeline import run_status
+from .runner import exit_text, read_attempts
+from .tracking import read_metrics
+
+MISSING = "—"
+ACCURACY_NOTE = ("best test accuracy (%) over the epochs of each run, as the original reports it "
+                 "(from the run's metrics.jsonl); with several seeds: mean ± sample std")
+
+
+class Column(NamedTuple):
+    label: str
+    alone: Optional[str]    # stage names
+    normal: Optional[str]
+    nasty: Optional[str]
+
+
+class Group(NamedTuple):
+    teacher: Optional[str]  # the normal teacher's stage; None: an external adversary
+    nasty: Optional[str]
+    model: str
+    columns: list
+
+
+# ----------------------------------------------------------------------------- numbers
+
+def stats(values):
+    """{'mean', 'std' (sample; None for one value), 'n', 'values'}, or None without values."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    mean = sum(values) / len(values)
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+    return {"mean": mean, "std": std, "n": len(values), "values": values}
+
+
+def run_record(run, outcome):
+    rows = read_metrics(run.folder / "metrics.jsonl")
+    finished = outcome.state in ("done", "ran") if outcome else run_status(run).state == "done"
+    attempts = read_attempts(run.folder)
+    last = rows[-1] if rows else {}
+    return {"seed": run.stage.params.seed if run.seed is None else run.seed,
+            "folder": str(run.folder),
+            "state": outcome.state if outcome else ("done" if finished else "not run"),
+            "finished": finished,
+            "best_acc": last.get("best_acc") if finished else None,
+            "best_epoch": last.get("best_epoch") if finished else None,
+            "epochs": last.get("epoch", 0),
+            "test_acc": [r.get("test_acc") for r in rows],
+            "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in rows), 1),
+            "wall_seconds": round(sum(a.get("seconds", 0.0) for a in attempts), 1) if attempts else None,
+            "exit_code": outcome.exit_code if outcome else None,
+            "log": outcome.log if outcome else None,
+            "message": outcome.message if outcome else ""}
+
+
+def collect(plan, outcomes):
+    """The content of results.json: per stage its runs and accuracy, and the paper's groups."""
+    stages = {}
+    for stage in plan.stages:
+        runs = [run_record(r, outcomes.get(r.key)) for r in plan.runs if r.stage is stage]
+        stages[stage.name] = {
+            "mode": stage.mode, "model": stage.params.model_name, "dataset": stage.params.dataset,
+            "num_epochs": stage.params.num_epochs, "needs": stage.parent,
+            "checkpoint": None if stage.checkpoint is None else str(stage.checkpoint),
+            "temperature": stage.params.temperature, "runs": runs,
+            "best_acc": stats([r["best_acc"] for r in runs])}
+    groups = [group_record(g, stages, plan) for g in find_groups(plan.stages)]
+    return {"folder": str(plan.root), "seeds": plan.seeds, "accuracy": ACCURACY_NOTE,
+            "stages": stages, "groups": groups, "notes": []}
+
+
+# ----------------------------------------------------------------------------- groups
+
+def model_key(stage):
+    name = stage.params.model_name
+    return name, tuple(sorted(stage.params.model_options(name).items())), stage.params.dataset
+
+
+def model_label(stage):
+    channels = stage.params.num_channels
+    return stage.params.model_name + (f" ({channels} ch.)" if channels else "")
+
+
+def find_groups(stages):
+    """One group per (normal teacher, nasty teacher that uses it as adversary)."""
+    groups = []
+    for teacher in stages:
+        if teacher.mode != "scratch" or not any(s.parent == teacher.name for s in stages):
+            continue
+        nasties = [s for s in stages if s.mode == "nasty" and s.parent == teacher.name] or [None]
+        for nasty in nasties:
+            groups.append(Group(teacher.name, nasty and nasty.name, teacher.params.model_name,
+                                student_columns(stages, teacher, nasty)))
+    for nasty in stages:  # adversary trained elsewhere: the nasty half of the table only
+        if nasty.mode == "nasty" and nasty.parent is None:
+            groups.append(Group(None, nasty.name, nasty.params.adversarial_model,
+                                student_columns(stages, None, nasty)))
+    return groups
+
+
+def student_columns(stages, teacher, nasty):
+    """A column per student network (and distillation setting): alone, from normal, from nasty."""
+    roles = {stage.name: role for stage, role in ((teacher, "normal"), (nasty, "nasty")) if stage}
+    cells, labels = {}, {}
+    for student in stages:
+        role = roles.get(student.parent) if student.mode == "kd" else None
+        if role is None:
+            continue
+        key = (model_key(student), student.params.temperature, student.params.alpha)
+        cells.setdefault(key, {}).setdefault(role, student.name)
+        labels[key] = model_label(student)
+    repeated = Counter(labels.values())
+    columns = []
+    for key, cell in cells.items():
+        label = labels[key]
+        if repeated[label] > 1:  # the same network distilled with two settings
+            label += f", T={key[1]:g}, alpha={key[2]:g}"
+        student = next(s for s in stages if s.name == (cell.get("normal") or cell.get("nasty")))
+        columns.append(Column(label, alone_stage(stages, student, teacher), cell.get("normal"),
+                              cell.get("nasty")))
+    return columns
+
+
+def alone_stage(stages, student, teacher):
+    """The scratch run of the student's network: the one in a folder of the student's folder name
+    (baseline/cnn for kd_normal_resnet18/cnn) first, then one that is not this group's teacher."""
+    same = [s for s in stages if s.mode == "scratch" and model_key(s) == model_key(student)]
+    leaf = student.name.rsplit("/", 1)[-1]
+    same.sort(key=lambda s: (s.name.rsplit("/", 1)[-1] != leaf, teacher is not None and s is teacher))
+    return same[0].name if same else None
+
+
+def cell(stages, name, baseline=None):
+    """{'stage', 'acc', 'delta'}: a stage's accuracy and its difference to `baseline`'s."""
+    acc = stages[name]["best_acc"] if name else None
+    base = stages[baseline]["best_acc"] if baseline else None
+    delta = acc["mean"] - base["mean"] if acc and base else None
+    return {"stage": name, "acc": acc, "delta": delta}
+
+
+def group_record(group, stages, plan):
+    students = [{"label": c.label, "alone": cell(stages, c.alone),
+                 "normal": cell(stages, c.normal, c.alone), "nasty": cell(stages, c.nasty, c.alone)}
+                for c in group.columns]
+    return {"model": group.model, "teacher": cell(stages, group.teacher),
+            "nasty": cell(stages, group.nasty, group.teacher), "students": students,
+            "temperature": distillation_temperature(group, plan), "comparison": None,
+            "figures": []}
+
+
+def distillation_temperature(group, plan):
+    """The T the students distil at from the nasty teacher (else the nasty teacher's own T)."""
+    for column in group.columns:
+        for name in (column.nasty, column.normal):
+            if name:
+                return plan.stage(name).params.temperature
+    return plan.stage(group.nasty).params.temperature if group.nasty else None
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def fmt(acc, expected=1):
+    """'98.61', '98.42 ± 0.32', with '(2 of 3 seeds)' when seeds are missing; '—' without runs."""
+    if not acc:
+        return MISSING
+    text = f"{acc['mean']:.2f}" + ("" if acc["std"] is None else f" ± {acc['std']:.2f}")
+    return text + (f" ({acc['n']} of {expected} seeds)" if acc["n"] < expected else "")
+
+
+def fmt_cell(entry, expected):
+    text = fmt(entry["acc"], expected)
+    return text if entry["delta"] is None else f"{text} ({entry['delta']:+.2f})"
+
+
+def render_group(group, seeds):
+    expected = len(seeds or [None])
+    teacher, nasty = group["teacher"], group["nasty"]
+    names = [f"normal `{teacher['stage'] or 'external'}`"] + ([f"nasty `{nasty['stage']}`"]
+                                                              if nasty["stage"] else [])
+    students = group["students"]
+    lines = [f"## Teacher {group['model']} ({', '.join(names)})", "",
+             "| Teacher network | Teacher accuracy | " + " | ".join(s["label"] for s in students) + " |",
+             "| --- | --- |" + " --- |" * len(students),
+             f"| Students trained alone | {MISSING} | "
+             + " | ".join(fmt(s["alone"]["acc"], expected) for s in students) + " |",
+             f"| {group['model']} (normal) | {fmt_cell(teacher, expected)} | "
+             + " | ".join(fmt_cell(s["normal"], expected) for s in students) + " |"]
+    if nasty["stage"]:
+        lines.append(f"| {group['model']} (nasty) | {fmt_cell(nasty, expected)} | "
+                     + " | ".join(fmt_cell(s["nasty"], expected) for s in students) + " |")
+    lines.append("")
+    lines += render_comparison(group, seeds)
+    return lines
+
+
+def render_comparison(group, seeds):
+    comparison, lines = group["comparison"], []
+    if comparison:
+        which = f" (the runs of seed {comparison['seed']})" if seeds else ""
+        lines.append(f"How nasty: mean KL(nasty ‖ normal) of the softmax outputs at "
+                     f"T = {comparison['temperature']:g} over {comparison['images']} test images{which} "
+                     f"is {comparison['mean_kl']:.3f} (per class {min(comparison['per_class_kl']):.3f}"
+                     f" to {max(comparison['per_class_kl']):.3f}); the two teachers agree on the "
+                     f"class of {comparison['agreement']:.1f}% of them.")
+        lines.append("")
+    lines += [f"![{name.rsplit('.', 1)[0]}]({name})" for name in group["figures"]]
+    return lines + ([""] if group["figures"] else [])
+
+
+def seconds(value):
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
+
+
+def states_text(runs):
+    counts = Counter(r["state"] for r in runs)
+    return ", ".join(state if n == 1 and len(runs) == 1 else f"{n} {state}"
+                     for state, n in counts.items())
+
+
+def render_stages(results):
+    lines = ["## Stages", "",
+             ("| stage | mode | model | state | best acc (%) | epochs | training time (s) "
+              "| wall time (s) |"),
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    expected = len(results["seeds"] or [None])
+    for name, stage in results["stages"].items():
+        runs = stage["runs"]
+        epochs = sorted({r["epochs"] for r in runs})
+        walls = [r["wall_seconds"] for r in runs if r["wall_seconds"] is not None]
+        lines.append(f"| `{name}` | {stage['mode']} | {stage['model']} | {states_text(runs)} | "
+                     f"{fmt(stage['best_acc'], expected)} | "
+                     f"{'/'.join(map(str, epochs))} of {stage['num_epochs']} | "
+                     f"{seconds(sum(r['epoch_seconds'] for r in runs))} | "
+                     f"{seconds(sum(walls)) if walls else MISSING} |")
+    lines += ["", "Training time: the epochs' own times from metrics.jsonl; wall time: reproduce.py's "
+              "runs of the script, start-up included (" + MISSING + ": trained by other means)"
+              + ("; both summed over the seeds." if expected > 1 else "."), ""]
+    return lines
+
+
+def render_problems(results):
+    lines = []
+    for name, stage in results["stages"].items():
+        for run in stage["runs"]:
+            label = f"`{name}`" + ("" if results["seeds"] is None else f" [seed {run['seed']}]")
+            if run["state"] == "failed":
+                lines.append(f"- {label} failed ({exit_text(run['exit_code'])}), log: {run['log']}"
+                             + (f": {run['message']}" if run["message"] else ""))
+            elif run["state"] in ("skipped", "not run"):
+                lines.append(f"- {label} {run['state']}"
+                             + (f": {run['message']}" if run["message"] else ""))
+    lines += [f"- {note}" for note in results["notes"]]
+    return ["## Problems", ""] + lines + [""] if lines else []
+
+
+def render(results):
+    seeds = results["seeds"]
+    lines = [f"# Results of {results['folder']}", "",
+             f"Accuracy: {ACCURACY_NOTE}."
+             + (f" Seeds: {', '.join(map(str, seeds))}." if seeds else " Each config's own seed.")
+             + " In parentheses: nasty minus normal teacher; a distilled student minus the same "
+             "network trained alone.", ""]
+    for group in results["groups"]:
+        lines += render_group(group, seeds)
+    lines += render_stages(results) + render_problems(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(plan, results):
+    """Write results.json and results.md into the tree; returns the markdown."""
+    (plan.root / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    text = render(results)
+    (plan.root / "results.md").write_text(text, encoding="utf-8")
+    return text
