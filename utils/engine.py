@@ -191,7 +191,7 @@ def train_epoch(run, objective, epoch):
             loss = terms.total * (share * world.size) if world.distributed else terms.total
             run.precision.backward_step(loss, optimizer)
             stacked = torch.stack(terms).detach()
-            totals += stacked * share  # no host sync here
+            totals += stacked if share == 1.0 else stacked * share  # no host sync here
             watch.update(stacked, step)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
