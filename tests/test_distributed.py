@@ -92,13 +92,30 @@ def test_evaluation_shares_cover_the_split_once():
     assert all(loader.num_samples == 1001 for loader in loaders)
 
 
-def test_restart_store_choice_follows_the_launcher():
-    one_node = {"TORCHELASTIC_USE_AGENT_STORE": "True", "GROUP_WORLD_SIZE": "2",
-                "TORCHELASTIC_MAX_RESTARTS": "3"}
-    assert _attempt_store({}) is None and _attempt_store(one_node) is None  # no prefix across nodes
-    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in _restart_warning(None, one_node)
-    assert _restart_warning(None, dict(one_node, TORCHELASTIC_MAX_RESTARTS="0")) is None
-    assert _restart_warning(None, dict(one_node, TORCHELASTIC_USE_AGENT_STORE="False")) is None
+def test_restart_store_choice_follows_the_launcher(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")  # an empty environ must not read this
+    two_nodes = {"TORCHELASTIC_USE_AGENT_STORE": "True", "GROUP_WORLD_SIZE": "2",
+                 "TORCHELASTIC_MAX_RESTARTS": "3"}
+    assert _attempt_store({}) is None and _attempt_store(two_nodes) is None  # no prefix across nodes
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in _restart_warning(None, two_nodes)
+    assert _restart_warning(None, dict(two_nodes, TORCHELASTIC_MAX_RESTARTS="0")) is None
+    assert _restart_warning(None, dict(two_nodes, TORCHELASTIC_USE_AGENT_STORE="False")) is None
+    assert _restart_warning(None, {}) is None
+
+
+def test_each_restart_attempt_on_one_node_gets_its_own_keys():
+    """The launcher's store outlives an attempt; keys of attempt 2 must not meet those of attempt 1."""
+    port = _free_port()
+    server = torch.distributed.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+    environ = {"TORCHELASTIC_USE_AGENT_STORE": "True", "GROUP_WORLD_SIZE": "1",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    first = _attempt_store(dict(environ, TORCHELASTIC_RESTART_COUNT="1"))
+    second = _attempt_store(dict(environ, TORCHELASTIC_RESTART_COUNT="2"))
+    first.set("rank1-address", "old")
+    second.set("rank1-address", "new")
+    assert first.get("rank1-address") == b"old" and second.get("rank1-address") == b"new"
+    assert server.get("nasty-teacher/attempt-2/rank1-address") == b"new"
+    assert _restart_warning(second, dict(environ, TORCHELASTIC_MAX_RESTARTS="3")) is None
 
 
 def _args(**kw):
@@ -214,7 +231,7 @@ def test_global_batch_split_stays_close_to_one_process_with_batch_norm(probes):
     one = _parameter_part(probes["net", 1][0], model)[-1]
     two = _parameter_part(probes["net", 2][0], model)[-1]
     relative = ((one - two).abs().mean() / one.abs().mean()).item()
-    assert 0 < relative < 0.15  # measured 0.063 after 30 Adam steps at lr 1e-3
+    assert 0 < relative < 0.1  # measured 0.063 after 30 Adam steps at lr 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +252,10 @@ def chain(tmp_path_factory):
 @pytest.mark.parametrize("stage", ["teacher", "nasty", "student"])
 def test_two_ranks_train_every_stage_and_rank0_alone_writes(chain, stage):
     folder = chain[stage]
-    assert not list(folder.glob("probe*")) and not list(folder.glob(".*.tmp"))
+    names = sorted(p.name for p in folder.iterdir())
+    assert len([n for n in names if n.startswith("events.out.tfevents")]) == 1, names
+    assert [n for n in names if not n.startswith("events.out.tfevents")] == [
+        ".lock", "best_model.tar", "last_model.tar", "metrics.jsonl", "params.json", "training.log"]
     log = (folder / "training.log").read_text()
     assert log.count("Epoch 1/") == 1 and "torchrun: 2 processes; global batch 100" in log
     assert chain["logs"][stage].count("- Eval metrics") == load_checkpoint(folder / "last_model.tar")["epoch"]

@@ -19,7 +19,7 @@ import torch
 from .augment import CropFlip, NoAugmentation, RotateFlip
 from .errors import ConfigError
 from .datasets import read_cifar, read_digits, read_tiny_imagenet
-from .distributed import SINGLE, check_world_batch, shard_bounds
+from .distributed import SINGLE, check_world_batch, main_first, shard_bounds
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
@@ -141,10 +141,11 @@ def check_batch_size(params, num_train):
 def build_loaders(params, device, eval_batch_size=None, world=SINGLE):
     """(train, test) loaders for `params.dataset` under `params.data_dir`; `world`: see DeviceLoader."""
     spec = DATASETS[params.dataset]
-    train = spec.read(params.data_dir, True, params.num_workers)
+    with main_first(world):  # one download or cache build, which the other ranks then read
+        train = spec.read(params.data_dir, True, params.num_workers)
+        test = spec.read(params.data_dir, False, params.num_workers)
     check_batch_size(params, len(train.labels))
     check_world_batch(params.path, params.batch_size, len(train.labels), world)
-    test = spec.read(params.data_dir, False, params.num_workers)
     mean, std = (spec.mean, spec.std) if spec.mean else channel_stats(train.images)
     augmentation = spec.augmentation() if params.augmentation else NoAugmentation()
     layout = getattr(params, "channels_last", False)

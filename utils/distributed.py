@@ -9,6 +9,7 @@ every function here is a no-op, so a plain `python train_*.py` run is unchanged.
 `batch_size` is the global batch: each step, rank r trains on its contiguous share of the
 same (seed, epoch)-determined batch that a single process would take (see `shard_bounds`).
 """
+import contextlib
 import os
 from datetime import timedelta
 from typing import NamedTuple
@@ -66,7 +67,7 @@ def start(world, device):
 
 
 def _shares_agent_store(environ=None):
-    return (environ or os.environ).get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    return (os.environ if environ is None else environ).get("TORCHELASTIC_USE_AGENT_STORE") == "True"
 
 
 def _attempt_store(environ=None):
@@ -77,7 +78,7 @@ def _attempt_store(environ=None):
     dead processes (PyTorch issue 135712). On one node every worker has the same restart
     count, so a prefix per attempt keeps the attempts apart.
     """
-    environ = environ or os.environ
+    environ = os.environ if environ is None else environ
     if not _shares_agent_store(environ) or environ.get("GROUP_WORLD_SIZE", "1") != "1":
         return None
     server = dist.TCPStore(environ["MASTER_ADDR"], int(environ["MASTER_PORT"]), is_master=False,
@@ -87,7 +88,7 @@ def _attempt_store(environ=None):
 
 
 def _restart_warning(store, environ=None):
-    environ = environ or os.environ
+    environ = os.environ if environ is None else environ
     if store is None and _shares_agent_store(environ) and int(environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
         return ("warning: several nodes with --max_restarts and torchrun's shared store: a restart "
                 "can hang reconnecting (PyTorch issue 135712); launch with "
@@ -126,6 +127,27 @@ def share_buffers(model):
     if active():
         for buffer in model.buffers():
             dist.broadcast(buffer, src=0)
+
+
+@contextlib.contextmanager
+def main_first(world):
+    """Rank 0 runs the block before the others do (a download or a cache to write), then the rest."""
+    if active() and not world.is_main:
+        dist.barrier()
+    yield
+    if active() and world.is_main:
+        dist.barrier()
+
+
+def check_same_epoch(epoch):
+    """All ranks must continue from the same checkpoint (one run folder, shared by all nodes)."""
+    if not active():
+        return
+    bounds = all_min(torch.tensor([epoch, -epoch]))
+    low, high = int(bounds[0]), -int(bounds[1])
+    if low != high:
+        raise ConfigError(f"the ranks resumed from different epochs ({low} to {high}): every node "
+                          "must see the same run folder (a shared file system)")
 
 
 def shard_bounds(start_index, stop_index, rank, size):

@@ -197,7 +197,8 @@ def train_epoch(run, objective, epoch):
             seen += len(labels)
             if step % BAR_EVERY == 0 or step == len(loader):
                 watch.check(run, epoch)  # shares the bar's sync: one per BAR_EVERY batches
-                bar.set_postfix(loss=f"{totals[0].item() / step:.3f}",
+                # this rank's shares weigh ~1/world each: scaled back for the display
+                bar.set_postfix(loss=f"{totals[0].item() * world.size / step:.3f}",
                                 acc=f"{100.0 * correct.item() / seen:.2f}")
                 bar.update(step - bar.n)
     distributed.all_sum(totals)
@@ -284,6 +285,7 @@ def fit(run, objective, resume=None):
             remove_partial_writes(run.save_path)
         resume = resume_path(resume, run.save_path)
         state = resume_state(run, resume) if resume else {"epoch": 0, "best_acc": -1.0, "best_epoch": -1}
+        distributed.check_same_epoch(state["epoch"])
         if main:
             attach_log_file(run.log, run.save_path)
         tracker = EpochLog(run.save_path, run.log, run.params.mode, start_epoch=state["epoch"]) if main else None
