@@ -253,6 +253,18 @@ def test_a_failing_stage_stops_only_what_needs_it(tmp_path, monkeypatch, capsys)
     assert results["stages"]["a_kd_normal/student"]["best_acc"]["values"] == [91.0]
 
 
+def test_a_finished_run_keeps_its_numbers_when_its_teacher_fails_later(tmp_path):
+    plan = make_plan(paper_tree(tmp_path / "tree", tmp_path))
+    for run in plan.runs:
+        fake_train(run, ACCURACY[run.stage.name])
+    write_config(tmp_path / "tree" / "b_nasty" / "teacher", num_epochs=3, **NASTY,
+                 adversarial_resume=plan.stage("b_nasty/teacher").reference)  # more epochs: unfinished
+    plan = make_plan(tmp_path / "tree")
+    outcomes = execute(plan, FakeRunner(by_stage, fail={"b_nasty/teacher"}), quiet())
+    assert outcomes["b_nasty/teacher", None].state == "failed"
+    assert outcomes["a_kd_nasty/student", None].state == "done"
+
+
 def test_seeds_give_mean_and_sample_std(tmp_path, monkeypatch):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     runner = FakeRunner(by_stage)  # accuracy + seed: seeds 0, 1, 2 give x, x+1, x+2
@@ -411,6 +423,21 @@ def test_without_matplotlib_the_table_stays_and_says_why(digits_chain, monkeypat
     assert "- matplotlib is not installed, so there are no figures (pip install matplotlib)" in text
     assert results["groups"][0]["figures"] == [] and "![" not in text
     assert results["groups"][0]["comparison"]["images"] == 359  # the numbers need no matplotlib
+    assert f"| Students trained alone | — | {best(digits_chain, 'z_base/student'):.2f} |" in text
+
+
+def test_a_figure_that_breaks_is_a_note_not_a_lost_table(digits_chain, monkeypatch):
+    from utils import figures
+    from utils.report import collect, render
+
+    def broken(*args, **kwargs):
+        raise ValueError("bad axes")
+    monkeypatch.setattr(figures, "group_figures", broken)
+    plan = make_plan(digits_chain)
+    results = collect(plan, {})
+    figures.add_figures(plan, results)
+    text = render(results)
+    assert "no figures for" in text and "ValueError: bad axes" in text
     assert f"| Students trained alone | — | {best(digits_chain, 'z_base/student'):.2f} |" in text
 
 

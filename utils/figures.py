@@ -270,3 +270,5 @@ def add_figures(plan, results, data_dir=None, draw=True):
             group_figures(plan, results, group, name, plt, data_dir)
         except NastyError as error:
             results["notes"].append(f"no teacher comparison for {name}: {error}")
+        except Exception as error:  # a figure is never a reason to lose the table
+            results["notes"].append(f"no figures for {name}: {type(error).__name__}: {error}")

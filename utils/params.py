@@ -348,7 +348,7 @@ def _params_file(path):
     return path
 
 
-def _read_json(file):
+def read_json(file):
     """(values, duplicate-key problems) of a JSON file that must hold one object."""
     duplicates = []
 
@@ -388,7 +388,7 @@ def load_params(path, mode, overrides=None):
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     file = _params_file(Path(path))
-    values, duplicates = _read_json(file)
+    values, duplicates = read_json(file)
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Optional
 
 from .checkpoint import load_checkpoint
 from .errors import ConfigError, NastyError
-from .params import load_params
+from .params import load_params, read_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = {"scratch": "train_scratch.py", "nasty": "train_nasty.py", "kd": "train_kd.py"}
@@ -99,22 +99,9 @@ def find_config_folders(root):
     return found
 
 
-def read_config(file):
-    try:
-        values = json.loads(file.read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"{file}: cannot read ({error})") from None
-    except json.JSONDecodeError as error:
-        raise ConfigError(f"{file}: invalid JSON at line {error.lineno}, column {error.colno}: "
-                          f"{error.msg}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"{file}: top level must be a JSON object")
-    return values
-
-
 def load_stage(root, folder):
     """The stage of `folder`, validated now so that a bad config stops the plan, not hour three."""
-    config = read_config(folder / "params.json")
+    config, _ = read_json(folder / "params.json")  # duplicate keys: load_params reports them
     mode = mode_of(config)
     params = load_params(folder, mode)
     name = folder.relative_to(root).as_posix()

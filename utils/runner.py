@@ -17,7 +17,9 @@ import sys
 import time
 from typing import NamedTuple, Optional
 
+from .engine import Interrupted  # noqa: F401 (reproduce.py's Ctrl-C error too)
 from .errors import NastyError
+from .tracking import read_jsonl
 from .pipeline import PROJECT_ROOT, SCRIPTS, run_status, write_seed_config
 
 LOG_NAME = "reproduce.log"
@@ -31,10 +33,6 @@ class Outcome(NamedTuple):
     seconds: Optional[float] = None    # wall time of this invocation's attempt
     log: Optional[str] = None
     message: str = ""                  # failed: the script's error line; skipped: why
-
-
-class Interrupted(NastyError):
-    exit_code = 130  # the shell's code for Ctrl-C
 
 
 def execute(plan, runner, progress):
@@ -52,6 +50,8 @@ def execute(plan, runner, progress):
 def execute_one(plan, run, runner, progress, outcomes):
     parent = plan.parent_key(run)
     if parent is not None and outcomes[parent].state in ("failed", "skipped"):
+        if (run.folder / "params.json").is_file() and run_status(run).state == "done":
+            return Outcome("done")  # finished before: its numbers stay in the table
         name = parent[0] if parent[1] is None else f"{parent[0]} [seed {parent[1]}]"
         return Outcome("skipped", message=f"needs {name}, which {outcomes[parent].state}")
     if run.seed is not None:
@@ -137,13 +137,5 @@ def record_attempt(folder, command, started, code):
 
 
 def read_attempts(folder):
-    """Rows of `folder/reproduce.jsonl` (a torn last line is skipped)."""
-    path = folder / ATTEMPTS_NAME
-    rows = []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+    """Rows of `folder/reproduce.jsonl`."""
+    return read_jsonl(folder / ATTEMPTS_NAME)

@@ -51,8 +51,9 @@ class EpochLog:
             self.writer.close()
 
 
-def read_metrics(path):
-    """The rows of a metrics.jsonl file (a torn last line from a killed write is skipped)."""
+def read_jsonl(path):
+    """The rows of a JSON-lines file such as metrics.jsonl (a torn last line from a killed write
+    is skipped)."""
     rows = []
     if Path(path).exists():
         for line in Path(path).read_text().splitlines():
@@ -61,6 +62,9 @@ def read_metrics(path):
             except json.JSONDecodeError:
                 continue
     return rows
+
+
+read_metrics = read_jsonl
 
 
 def keep_epochs_up_to(path, last_epoch):
