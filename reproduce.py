@@ -4,6 +4,7 @@ write results.md, results.json and the figures into the tree.
     python reproduce.py experiments/Digits                 # about 4 minutes on a 2-core CPU
     python reproduce.py experiments/CIFAR10 --dry-run      # the plan: order, what is done, what resumes
     python reproduce.py experiments/Digits --seeds 0 1 2   # every stage per seed, in <stage>/seed_<s>/
+    python reproduce.py experiments/CIFAR10 --nproc 4      # every stage on 4 GPUs (torchrun)
 
 Every params.json below the folder is a stage, trained by the script its keys call for
 (adversarial_resume: train_nasty.py, teacher_resume: train_kd.py, else train_scratch.py) after the
@@ -14,7 +15,7 @@ stops only the stages that need it; the exit status is then 1.
 import argparse
 from pathlib import Path
 
-from utils.errors import NastyError
+from utils.errors import ConfigError, NastyError
 from utils.figures import add_figures
 from utils.pipeline import describe_plan, make_plan
 from utils.progress import Progress
@@ -36,6 +37,9 @@ def parse(argv):
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="passed to every script")
     parser.add_argument("--data_dir", help="data root, passed to every script")
     parser.add_argument("--fast", action="store_true", help="passed to every script (speed switches)")
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train every stage with N processes of this machine under torchrun "
+                             "(one per GPU; batch_size stays the global batch)")
     return parser.parse_args(argv)
 
 
@@ -50,12 +54,14 @@ def main(argv=None):
     args = parse(argv)
     if args.data_dir:  # the scripts run in the plan's base folder, not necessarily here
         args.data_dir = str(Path(args.data_dir).resolve())
+    if args.nproc < 1:
+        raise ConfigError(f"--nproc {args.nproc}: give 1 or more processes")
     plan = make_plan(args.folder, args.seeds)
     print(describe_plan(plan), flush=True)
     if args.dry_run:
         return
     try:
-        outcomes = execute(plan, SubprocessRunner(plan.base, script_flags(args)), Progress())
+        outcomes = execute(plan, SubprocessRunner(plan.base, script_flags(args), args.nproc), Progress())
         results = collect(plan, outcomes)
         if not args.no_figures:
             add_figures(plan, results, args.data_dir)

@@ -235,7 +235,7 @@ def test_finished_runs_are_skipped_and_started_ones_resume(tmp_path):
 def test_a_failing_stage_stops_only_what_needs_it(tmp_path, monkeypatch, capsys):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     runner = FakeRunner(by_stage, fail={"b_nasty/teacher"})
-    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda base, flags: runner)
+    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda base, flags, nproc: runner)
     with pytest.raises(NastyError, match=r"^1 run\(s\) failed and 1 that need them were skipped"):
         reproduce.main([str(tree), "--no-figures"])
     out = capsys.readouterr().out
@@ -268,7 +268,7 @@ def test_a_finished_run_keeps_its_numbers_when_its_teacher_fails_later(tmp_path)
 def test_seeds_give_mean_and_sample_std(tmp_path, monkeypatch):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     runner = FakeRunner(by_stage)  # accuracy + seed: seeds 0, 1, 2 give x, x+1, x+2
-    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda base, flags: runner)
+    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda base, flags, nproc: runner)
     reproduce.main([str(tree), "--no-figures", "--seeds", "0", "1", "2"])
     assert len(runner.calls) == 15 and runner.calls[5][:2] == ("z_base/teacher", 1)
     table = (tree / "results.md").read_text()
@@ -393,6 +393,19 @@ def test_an_unfinished_run_resumes(digits_chain, tmp_path):
     log = (tree / "student" / "reproduce.log").read_text()
     assert f"- Resumed from {tree / 'student' / 'last_model.tar'}: continuing after epoch 1" in log
     assert "--resume auto" in log
+
+
+def test_nproc_trains_each_stage_under_torchrun(tmp_path, capsys):
+    tree = tmp_path / "tree"
+    write_config(tree / "alone", batch_size=100)
+    reproduce.main([str(tree), "--device", "cpu", "--nproc", "2", "--no-figures"])
+    attempt = json.loads((tree / "alone" / "reproduce.jsonl").read_text().splitlines()[-1])
+    assert "-m torch.distributed.run --standalone --nproc_per_node=2 " in attempt["command"]
+    assert "torchrun: 2 processes; global batch 100" in (tree / "alone" / "training.log").read_text()
+    assert f"| `alone` | scratch | net | ran | {best(tree, 'alone'):.2f} | 1 of 1 |" in \
+        (tree / "results.md").read_text()
+    with pytest.raises(ConfigError, match="--nproc 0: give 1 or more"):
+        reproduce.main([str(tree), "--nproc", "0"])
 
 
 def test_a_real_failure_names_its_log_and_keeps_the_rest(digits_chain, tmp_path, capsys):

@@ -75,11 +75,14 @@ def exit_text(code):
 class SubprocessRunner:
     """Runs a stage's training script in a child process started in `base`."""
 
-    def __init__(self, base, flags=()):
-        self.base, self.flags = base, list(flags)
+    def __init__(self, base, flags=(), nproc=1):
+        self.base, self.flags, self.nproc = base, list(flags), nproc
 
     def command(self, run):
-        return [sys.executable, str(PROJECT_ROOT / SCRIPTS[run.stage.mode]),
+        # nproc > 1: the same script under torchrun on this machine's GPUs (or CPU processes)
+        launcher = (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}"]
+                    if self.nproc > 1 else [])
+        return [sys.executable, *launcher, str(PROJECT_ROOT / SCRIPTS[run.stage.mode]),
                 "--save_path", str(run.folder), "--resume", "auto", *self.flags]
 
     def __call__(self, run, status, progress):
