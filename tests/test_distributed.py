@@ -89,6 +89,7 @@ def test_evaluation_shares_cover_the_split_once():
     labels = torch.cat([labels for loader in loaders for _, labels in loader])
     assert torch.equal(labels, torch.arange(1001) % 10)
     assert [sum(1 for _ in loader) for loader in loaders] == [6, 6, 6]  # 334, 334, 333 images
+    assert [len(loader) for loader in loaders] == [6, 6, 6]
     assert all(loader.num_samples == 1001 for loader in loaders)
 
 
@@ -137,6 +138,47 @@ def test_sync_bn_is_refused_on_cpu_and_ignored_in_one_process():
     assert convert_sync_bn(model, SINGLE, torch.device("cpu"), True) is model
     with pytest.raises(ConfigError, match="sync_bn: 1 needs CUDA"):
         convert_sync_bn(model, World(0, 2, 0), torch.device("cpu"), True)
+
+
+def _collective_worker(rank, port, folder):
+    """One of two Gloo processes: rank 0 prepares first; ranks that resumed differently stop."""
+    import torch.distributed as dist
+    from utils import distributed
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    world = World(rank, 2, rank)
+    with distributed.main_first(world):
+        if rank == 0:
+            time.sleep(0.5)  # rank 1 must wait for this, not race it
+        with open(folder / "order", "a") as f:
+            f.write(f"{rank}\n")
+    distributed.check_same_epoch(3)
+    try:
+        distributed.check_same_epoch(3 + rank)
+    except ConfigError as error:
+        (folder / f"error{rank}").write_text(str(error))
+    dist.destroy_process_group()
+
+
+def test_rank0_prepares_first_and_ranks_must_resume_from_one_epoch(tmp_path):
+    torch.multiprocessing.spawn(_collective_worker, args=(_free_port(), tmp_path), nprocs=2)
+    assert (tmp_path / "order").read_text() == "0\n1\n"
+    for rank in (0, 1):  # both stop, with the same line
+        assert (tmp_path / f"error{rank}").read_text() == (
+            "the ranks resumed from different epochs (3 to 4): every node must see the same run "
+            "folder (a shared file system)")
+
+
+def test_an_error_names_its_rank_under_torchrun(monkeypatch, capsys):
+    from utils.runtime import run_script
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+
+    def main(argv):
+        raise ConfigError("p.json: bad")
+    with pytest.raises(SystemExit) as exit_info:
+        run_script(main)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: rank 1: p.json: bad\n"
 
 
 # ----------------------------------------------------------------------------- under torchrun

@@ -91,7 +91,11 @@ class DeviceLoader:
         self.epoch = epoch
 
     def __len__(self):
-        return len(self._batches())
+        """Steps of this rank: every global batch when training, its share's batches otherwise."""
+        if self.shuffle:
+            return math.ceil(len(self.labels) / self.batch_size)
+        lo, hi = shard_bounds(0, len(self.labels), self.world.rank, self.world.size)
+        return math.ceil((hi - lo) / self.batch_size)
 
     @property
     def num_samples(self):
