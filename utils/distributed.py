@@ -96,8 +96,12 @@ def _restart_warning(store, environ=None):
     return None
 
 
-def stop():
+def stop(finished=False):
+    """Leave the process group; after a finished run, all ranks together (a rank that tore its
+    Gloo connections down while rank 0 was still writing could abort at exit)."""
     if dist.is_available() and dist.is_initialized():
+        if finished and active():
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -144,6 +144,7 @@ def run_script(main, argv=None):
     world = distributed.launched_world()
     try:
         main(argv)
+        distributed.stop(finished=True)
     except NastyError as exc:
         where = f"rank {world.rank}: " if world.distributed else ""
         print(f"error: {where}{exc}", file=sys.stderr)
