@@ -46,6 +46,11 @@ def _dense_block(in_channels, layers, growth_rate):
 
 
 class DenseNet(nn.Module):
+    # the four dense blocks (one per resolution, like ResNet's layers), each before the
+    # transition that compresses and halves it; the last one before the final BN-ReLU
+    stages = ("features.dense_block_layer_0", "features.dense_block_layer_1",
+              "features.dense_block_layer_2", "features.dense_block3")
+
     def __init__(self, block_layers, growth_rate, num_classes, reduction=0.5):
         super().__init__()
         channels = 2 * growth_rate

@@ -40,6 +40,9 @@ def _stage(repeat, in_channels, out_channels, stride, expansion):
 
 
 class MobileNetV2(nn.Module):
+    # the seven bottleneck sequences of the paper's table; stage4 to stage7 share one resolution
+    stages = ("stage1", "stage2", "stage3", "stage4", "stage5", "stage6", "stage7")
+
     def __init__(self, num_classes):
         super().__init__()
         self.pre = nn.Sequential(*_conv_bn(3, 32, 1, padding=1))

@@ -53,6 +53,9 @@ class PreActBottleneck(nn.Module):
 
 
 class PreResNet(nn.Module):
+    # pre-activation: a stage's output is the residual sum, before any BN-ReLU
+    stages = ("layer1", "layer2", "layer3")
+
     def __init__(self, depth, num_classes):
         super().__init__()
         block = PreActBottleneck if depth >= 44 else PreActBlock

@@ -12,21 +12,29 @@ from utils.errors import ConfigError, did_you_mean
 class _Entry(NamedTuple):
     builder: Callable
     input_sizes: Optional[Tuple[int, ...]]  # None: any size (adaptive pooling before the classifier)
+    optimizer: str                          # the original's choice for this network: sgd or adam
 
 
 _REGISTRY: Dict[str, _Entry] = {}
 
 
-def register(name: str, input_sizes: Optional[Tuple[int, ...]] = None):
+OPTIMIZERS = ("sgd", "adam")
+
+
+def register(name: str, input_sizes: Optional[Tuple[int, ...]] = None, optimizer: str = "sgd"):
     """Register `builder(num_classes, **options)` under `name`.
 
     `input_sizes` lists the square input sizes the network works on when it has fixed
-    pooling or a fixed flatten (the original's `net`, `mlp`, `preresnet*`).
+    pooling or a fixed flatten (the original's `net`, `mlp`, `preresnet*`). `optimizer` is
+    what the original trains it with: SGD (momentum 0.9, weight decay 5e-4), or Adam for its
+    small `net` and `mlp`.
     """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, not {optimizer!r}")
     def decorate(builder):
         if name in _REGISTRY:
             raise ValueError(f"model name {name!r} is registered twice")
-        _REGISTRY[name] = _Entry(builder, tuple(input_sizes) if input_sizes else None)
+        _REGISTRY[name] = _Entry(builder, tuple(input_sizes) if input_sizes else None, optimizer)
         return builder
     return decorate
 
@@ -50,6 +58,18 @@ def check_input_size(name, input_size):
         allowed = " or ".join(f"{s}x{s}" for s in sizes)
         raise ConfigError(f"model {name!r} only works on {allowed} inputs (fixed pooling in the "
                           f"original network), not {input_size}x{input_size}")
+
+
+def model_input_sizes(name):
+    """The square input sizes `name` is restricted to, or None when it takes any size."""
+    check_model_name(name)
+    return _REGISTRY[name].input_sizes
+
+
+def optimizer_of(name):
+    """'sgd' or 'adam': the optimizer the original trains network `name` with."""
+    check_model_name(name)
+    return _REGISTRY[name].optimizer
 
 
 def model_options(name):

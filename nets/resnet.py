@@ -54,6 +54,8 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
+    stages = ("layer1", "layer2", "layer3", "layer4")
+
     def __init__(self, block, num_blocks, num_classes):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)

@@ -36,6 +36,8 @@ class ResNeXtBottleneck(nn.Module):
 
 
 class CifarResNeXt(nn.Module):
+    stages = ("stage_1", "stage_2", "stage_3")
+
     def __init__(self, num_classes, cardinality=8, depth=29, widen_factor=4):
         super().__init__()
         self.cardinality, self.widen_factor = cardinality, widen_factor

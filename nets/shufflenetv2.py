@@ -56,6 +56,8 @@ def _stage(in_channels, out_channels, repeat):
 
 
 class ShuffleNetV2(nn.Module):
+    stages = ("stage2", "stage3", "stage4")  # the paper's names (stage1 is the stem)
+
     def __init__(self, num_classes, widths=(116, 232, 464, 1024)):
         super().__init__()
         self.pre = nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.BatchNorm2d(24))

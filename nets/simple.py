@@ -11,6 +11,10 @@ from .registry import register
 class Net(nn.Module):
     """conv-bn-maxpool-relu x3, then fc-bn-relu-dropout and the classifier."""
 
+    # the conv blocks, taken at their batch norm: pooling and ReLU are functional calls in
+    # forward (no module to hook), and adding modules would change the forward code
+    stages = ("bn1", "bn2", "bn3")
+
     def __init__(self, num_classes, num_channels, dropout_rate):
         super().__init__()
         c = num_channels
@@ -42,6 +46,8 @@ class MLP(nn.Module):
     negative; kept, because released `mlp` checkpoints were trained that way.
     """
 
+    stages = ("fc1", "fc2")  # the hidden layers, before their (functional) ReLU
+
     def __init__(self, num_classes):
         super().__init__()
         self.fc1 = nn.Linear(32 * 32 * 3, 512)
@@ -55,11 +61,11 @@ class MLP(nn.Module):
         return F.relu(self.fc3(x))
 
 
-@register("net", input_sizes=(32,))
+@register("net", input_sizes=(32,), optimizer="adam")
 def net(num_classes, num_channels, dropout_rate):
     return Net(num_classes, num_channels, dropout_rate)
 
 
-@register("mlp", input_sizes=(32,))
+@register("mlp", input_sizes=(32,), optimizer="adam")
 def mlp(num_classes):
     return MLP(num_classes)
