@@ -19,11 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-import nets
-from .checkpoint import load_weights
-from .data import build_loaders
-from .errors import NastyError
-from .params import load_params
+from utils.data import build_loaders
+from utils.errors import NastyError
+from utils.networks import load_frozen
+from utils.params import load_params
 
 COMPARE_LIMIT = 1000
 EXAMPLES = 4      # images in the softmax figure: the first test image of classes 0, 1, 2, 3
@@ -33,14 +32,11 @@ COLORS = {"normal": "tab:blue", "nasty": "tab:red", "alone": "tab:gray"}
 
 # ----------------------------------------------------------------------------- numbers (torch)
 
-def load_teacher(folder, mode, data_dir=None):
+def load_teacher(folder, data_dir=None):
     """(params, network in eval mode on the CPU) of the run in `folder`, from its best_model.tar."""
-    params = load_params(folder, mode, {"data_dir": None if data_dir is None else str(data_dir)})
-    name = params.model_name
-    network = nets.build_model(name, params.num_classes, input_size=params.input_size,
-                               **params.model_options(name))
-    load_weights(network, folder / "best_model.tar", what=f"{name} with {params.num_classes} classes")
-    return params, network.eval()
+    params = load_params(folder, overrides={"data_dir": None if data_dir is None else str(data_dir),
+                                            "channels_last": 0})
+    return params, load_frozen(params, params.model_name, folder / "best_model.tar", role="teacher")
 
 
 def pick_subset(labels, limit=COMPARE_LIMIT):
@@ -69,8 +65,8 @@ def subset_logits(networks, loader, keep):
 
 def compare_teachers(normal_folder, nasty_folder, temperature, data_dir=None, limit=COMPARE_LIMIT):
     """(comparison for results.json, examples for the softmax figure) of two teachers' outputs."""
-    _, normal = load_teacher(normal_folder, "scratch", data_dir)
-    params, nasty = load_teacher(nasty_folder, "nasty", data_dir)
+    _, normal = load_teacher(normal_folder, data_dir)
+    params, nasty = load_teacher(nasty_folder, data_dir)
     _, test_loader = build_loaders(params, torch.device("cpu"), 500)
     keep = pick_subset(test_loader.labels.cpu(), limit)
     (normal_logits, nasty_logits), labels = subset_logits([normal, nasty], test_loader, keep)

@@ -4,9 +4,9 @@
     print(describe_plan(plan))
     outcomes = execute(plan, SubprocessRunner(plan.base), Progress())
 
-Every folder with a params.json is a stage. Its mode follows from its keys (adversarial_resume:
-nasty, teacher_resume: kd, else scratch), and it depends on the stage whose folder holds the
-checkpoint it references. The configs write those paths relative to the folder the scripts are
+Every folder with a params.json is a stage. Its method is its `method` key or follows from its keys
+(adversarial_resume: nasty, teacher_resume: kd, else scratch; see methods/), and it depends on the
+stage whose folder holds the checkpoint of the frozen network its method reads. The configs write those paths relative to the folder the scripts are
 started from (the project root for the published ones); the plan looks for that folder among the
 current directory, the project root and the tree's own ancestors, and runs every script there, so
 checkpoint paths and `data_dir` mean what they would mean when typed by hand.
@@ -17,45 +17,64 @@ with that seed whose checkpoint reference points at the same seed's run of the s
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, NamedTuple, Optional
 
-from .checkpoint import load_checkpoint
-from .errors import ConfigError, NastyError
-from .params import load_params, read_json
+import methods
+from utils.checkpoint import load_checkpoint
+from utils.errors import ConfigError, NastyError, did_you_mean
+from utils.params import all_keys, keys_of, load_params, read_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = {"scratch": "train_scratch.py", "nasty": "train_nasty.py", "kd": "train_kd.py"}
-REFERENCE_KEYS = {"nasty": "adversarial_resume", "kd": "teacher_resume"}
 SEED_FOLDER = re.compile(r"seed_\d+")
+SWEEP_FOLDER = re.compile(r"sweep_\w+")  # a sweep's generated runs (repro/sweep.py), not stages
 
 
 @dataclass
 class Stage:
     name: str                          # folder relative to the tree, e.g. "baseline/preresnet20"
     folder: Path                       # absolute
-    mode: str                          # scratch, nasty or kd
+    method: Any                        # its row of the method table (methods.Method)
     params: Any                        # the validated params.json
     config: dict                       # its raw values, the source of per-seed copies
     reference: Optional[str] = None    # checkpoint path as the config writes it
     checkpoint: Optional[Path] = None  # that path, resolved
     parent: Optional[str] = None       # name of the stage whose folder holds it; None: external
+    overrides: dict = field(default_factory=dict)  # reproduce.py --set keys its method uses
 
 
 @dataclass
-class Run:
+class StageRun:
     stage: Stage
-    seed: Optional[int]                # None: in place, with the config's own seed
-    folder: Path
+    seed: Optional[int]                # None: the config's own seed
+    folder: Path                       # the stage's folder: in place; else a generated config's
+    variant: Optional[str] = None      # a sweep's value of this run, e.g. "weight=0.06"
+    overrides: dict = field(default_factory=dict)  # --set / --sweep keys on top of the config
+    parent_run: Optional["StageRun"] = None  # the run whose checkpoint this one reads
 
     @property
     def key(self):
-        return self.stage.name, self.seed
+        return (self.stage.name, self.seed) + ((self.variant,) if self.variant else ())
+
+    @property
+    def generated(self):
+        """Trained from a params.json the plan writes (per seed, per sweep value), not in place."""
+        return self.folder != self.stage.folder
+
+    @property
+    def tag(self):
+        parts = ([self.variant] if self.variant else []) + \
+            ([f"seed {self.seed}"] if self.seed is not None else [])
+        return ", ".join(parts)
 
     @property
     def label(self):
-        return self.stage.name if self.seed is None else f"{self.stage.name} [seed {self.seed}]"
+        return self.stage.name + (f" [{self.tag}]" if self.tag else "")
+
+    @property
+    def num_epochs(self):
+        return self.overrides.get("num_epochs", self.stage.params.num_epochs)
 
 
 @dataclass
@@ -65,12 +84,13 @@ class Plan:
     stages: list                       # in run order
     seeds: Optional[list]              # None: each config's own seed, in place
     runs: list                         # in run order
+    sweep: Optional[Any] = None        # repro.sweep.Sweep when the plan sweeps a key
 
     def stage(self, name):
         return next(s for s in self.stages if s.name == name)
 
     def parent_key(self, run):
-        return None if run.stage.parent is None else (run.stage.parent, run.seed)
+        return None if run.parent_run is None else run.parent_run.key
 
 
 class Status(NamedTuple):
@@ -81,33 +101,51 @@ class Status(NamedTuple):
 
 # ----------------------------------------------------------------------------- discovery
 
-def mode_of(config):
-    if "adversarial_resume" in config:
-        return "nasty"
-    return "kd" if "teacher_resume" in config else "scratch"
-
-
 def find_config_folders(root):
     """Folders below `root` holding a params.json; hidden folders and per-seed runs are not stages."""
     found = []
     for folder, subfolders, files in os.walk(root):
         is_stage = "params.json" in files
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".")
+                               and not SWEEP_FOLDER.fullmatch(d)
                                and not (is_stage and SEED_FOLDER.fullmatch(d)))
         if is_stage:
             found.append(Path(folder))
     return found
 
 
-def load_stage(root, folder):
+def load_stage(root, folder, overrides=None):
     """The stage of `folder`, validated now so that a bad config stops the plan, not hour three."""
     config, _ = read_json(folder / "params.json")  # duplicate keys: load_params reports them
-    mode = mode_of(config)
-    params = load_params(folder, mode)
+    method = load_params(folder).method_entry
+    own = {k: v for k, v in (overrides or {}).items() if key_applies(k, method)}
+    params = load_params(folder, overrides=own) if own else load_params(folder)
+    method = params.method_entry
+    if len(method.frozen) > 1:
+        raise ConfigError(f"{folder / 'params.json'}: method {method.name!r} reads "
+                          f"{len(method.frozen)} frozen networks; reproduce.py handles one per stage")
     name = folder.relative_to(root).as_posix()
-    key = REFERENCE_KEYS.get(mode)
-    return Stage(root.name if name == "." else name, folder, mode, params, config,
-                 reference=getattr(params, key) if key else None)
+    key = reference_key(method)
+    return Stage(root.name if name == "." else name, folder, method, params, config,
+                 reference=getattr(params, key) if key else None, overrides=own)
+
+
+def key_applies(key, method):
+    """Whether params key `key` means something to runs of `method` (a common key, or its own)."""
+    return key in {k.name for k in keys_of(method)}
+
+
+def check_overrides_apply(overrides, stages):
+    for key in overrides or {}:
+        if key not in all_keys():
+            raise ConfigError(f"--set {key}: unknown key{did_you_mean(key, all_keys())}")
+        if not any(key in s.overrides for s in stages):
+            raise ConfigError(f"--set {key}: no stage's method uses this key")
+
+
+def reference_key(method):
+    """The params key naming the checkpoint a stage of `method` reads (None: it reads none)."""
+    return method.frozen[0].resume_key if method.frozen else None
 
 
 # ----------------------------------------------------------------------------- checkpoint references
@@ -153,7 +191,7 @@ def unresolved_error(root, referring, stage_folders):
     bases = candidate_bases(root)
     for stage in referring:
         if all(link(base, stage.reference, stage_folders) is None for base in bases):
-            key = REFERENCE_KEYS[stage.mode]
+            key = reference_key(stage.method)
             return ConfigError(
                 f"{stage.folder / 'params.json'}: {key} {stage.reference!r} is neither written by "
                 f"a stage under {root} nor an existing file (looked relative to "
@@ -166,7 +204,7 @@ def unresolved_error(root, referring, stage_folders):
 
 def order_stages(stages):
     """Stages such that each comes after the one it needs: normal teachers, then nasty teachers,
-    then students; within a level, stages that others need first, then by mode and name."""
+    then students; within a level, stages that others need first, then by role and name."""
     by_name = {s.name: s for s in stages}
     level = {}
 
@@ -183,12 +221,13 @@ def order_stages(stages):
     for stage in stages:
         depth(stage.name, [])
     needed = {s.parent for s in stages if s.parent}
-    rank = {"scratch": 0, "nasty": 1, "kd": 2}
-    return sorted(stages, key=lambda s: (level[s.name], s.name not in needed, rank[s.mode], s.name))
+    return sorted(stages, key=lambda s: (level[s.name], s.name not in needed,
+                                         methods.ROLES.index(s.method.role), s.name))
 
 
-def make_plan(folder, seeds=None):
-    """The plan of every params.json below `folder`, one run per stage (and seed), in order."""
+def make_plan(folder, seeds=None, overrides=None):
+    """The plan of every params.json below `folder`, one run per stage (and seed), in order.
+    `overrides` ({key: value}, reproduce.py --set) go to every stage whose method has the key."""
     root = Path(folder).expanduser().resolve()
     if not root.is_dir():
         raise ConfigError(f"{folder}: no such folder")
@@ -196,14 +235,31 @@ def make_plan(folder, seeds=None):
     if not folders:
         raise ConfigError(f"{folder}: no params.json below this folder")
     seeds = check_seeds(seeds)
-    stages = [load_stage(root, f) for f in folders]
+    stages = [load_stage(root, f, overrides) for f in folders]
+    check_overrides_apply(overrides, stages)
     base = resolve_references(root, stages)
     stages = order_stages(stages)
-    if seeds is None:
-        runs = [Run(s, None, s.folder) for s in stages]
-    else:  # seed by seed: the first seed's whole table is there before the second one starts
-        runs = [Run(s, seed, s.folder / f"seed_{seed}") for seed in seeds for s in stages]
+    runs = []
+    for seed in seeds or [None]:  # seed by seed: the first seed's whole table comes first
+        runs += seed_runs(stages, seed)
     return Plan(root, base, stages, seeds, runs)
+
+
+def seed_runs(stages, seed, folder_of=None, variant=None, shared=None, overrides=None):
+    """One run per stage for `seed` (None: in place), each linked to the run of its parent stage.
+    `folder_of(stage)` places generated runs; `shared` maps stage names to runs made elsewhere."""
+    runs, by_stage = [], dict(shared or {})
+    for stage in stages:
+        if stage.name in by_stage:
+            continue
+        folder = folder_of(stage) if folder_of else stage.folder
+        folder = folder if seed is None else folder / f"seed_{seed}"
+        own = {k: v for k, v in (overrides or {}).items() if key_applies(k, stage.method)}
+        run = StageRun(stage, seed, folder, variant, {**stage.overrides, **own},
+                       by_stage.get(stage.parent))
+        by_stage[stage.name] = run
+        runs.append(run)
+    return runs
 
 
 def check_seeds(seeds):
@@ -219,29 +275,34 @@ def check_seeds(seeds):
 
 # ----------------------------------------------------------------------------- per-seed runs, state
 
-def seed_config(run):
-    """The params.json of a per-seed run: the config with this seed, reading its teacher's (or
-    adversary's) run of the same seed; an external checkpoint stays as it is."""
-    config = dict(run.stage.config, seed=run.seed)
-    if run.stage.parent is not None:
+def run_config(run, base):
+    """The params.json of a generated run: the config with the run's seed and overrides, reading
+    its teacher's (or adversary's) run of the same seed and sweep value; an external checkpoint
+    stays as it is. `base`: the folder the scripts run in, which relative paths are written against."""
+    config = {**run.stage.config, **run.overrides}
+    if run.seed is not None:
+        config["seed"] = run.seed
+    parent = run.parent_run
+    if parent is not None and parent.generated:
         reference = PurePath(run.stage.reference)
-        config[REFERENCE_KEYS[run.stage.mode]] = (reference.parent / f"seed_{run.seed}"
-                                                  / reference.name).as_posix()
+        path = parent.folder / reference.name
+        config[reference_key(run.stage.method)] = (
+            str(path) if reference.is_absolute() else Path(os.path.relpath(path, base)).as_posix())
     return config
 
 
-def write_seed_config(run):
-    """Create the run folder of a per-seed run with its params.json (rewritten only on change)."""
+def write_run_config(run, base):
+    """Create the folder of a generated run with its params.json (rewritten only on change)."""
     run.folder.mkdir(parents=True, exist_ok=True)
     file = run.folder / "params.json"
-    text = json.dumps(seed_config(run), indent=4) + "\n"
+    text = json.dumps(run_config(run, base), indent=4) + "\n"
     if not file.is_file() or file.read_text(encoding="utf-8") != text:
         file.write_text(text, encoding="utf-8")
 
 
 def run_status(run):
     """done: best_model.tar exists and last_model.tar holds every epoch; resume: a run to continue."""
-    last, total = run.folder / "last_model.tar", run.stage.params.num_epochs
+    last, total = run.folder / "last_model.tar", run.num_epochs
     if not last.is_file():
         return Status("new", 0, total)
     try:
@@ -269,12 +330,11 @@ def describe_plan(plan):
     lines = [(f"Plan for {plan.root}: {len(plan.stages)} stages, {seeds}, {len(plan.runs)} runs; "
               f"the scripts run in {plan.base}")]
     statuses = {run.key: run_status(run) for run in plan.runs}
-    rows = [("#", "stage", "mode", "model", "needs", "state")]
+    rows = [("#", "stage", "method", "model", "needs", "state")]
     for number, stage in enumerate(plan.stages, 1):
-        states = [status_text(statuses[r.key]) if r.seed is None
-                  else f"seed {r.seed}: {status_text(statuses[r.key])}"
+        states = [f"{r.tag + ': ' if r.tag else ''}{status_text(statuses[r.key])}"
                   for r in plan.runs if r.stage is stage]
-        rows.append((str(number), stage.name, stage.mode, stage.params.model_name,
+        rows.append((str(number), stage.name, stage.method.name, stage.params.model_name,
                      needs_text(stage), "; ".join(states)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
@@ -288,7 +348,7 @@ def describe_plan(plan):
 def needs_text(stage):
     if stage.reference is None:
         return "-"
-    role = "adversary" if stage.mode == "nasty" else "teacher"
+    role = stage.method.frozen[0].role
     if stage.parent is None:
         return f"{role}: external {stage.checkpoint}"
     return f"{role}: {stage.parent}"

@@ -15,7 +15,7 @@ import sys
 import time
 
 from .runner import exit_text
-from .tracking import read_metrics
+from utils.tracking import read_metrics
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+)")
 EVAL_LINE = re.compile(r"^- Eval metrics : acc: ([0-9.]+)")
@@ -47,7 +47,7 @@ class Progress:
     def prefix(self):
         stage = self.run.stage
         return (f"[{self.position}/{self.total} {clock(time.time() - self.started)}] {self.run.label} "
-                f"({stage.mode}, {stage.params.model_name})")
+                f"({stage.method.name}, {stage.params.model_name})")
 
     def start(self, run, status):
         what = (f"resuming after epoch {status.epoch} of {status.num_epochs}"

@@ -15,9 +15,11 @@ import json
 from collections import Counter
 from typing import NamedTuple, Optional
 
+from methods import DEFENDED_TEACHER, STUDENT, TEACHER
 from .pipeline import run_status
 from .runner import exit_text, read_attempts
-from .tracking import read_metrics
+from utils.provenance import git_commit
+from utils.tracking import read_metrics
 
 MISSING = "—"
 ACCURACY_NOTE = ("best test accuracy (%) over the epochs of each run, as the original reports it "
@@ -74,16 +76,21 @@ def collect(plan, outcomes):
     """The content of results.json: per stage its runs and accuracy, and the paper's groups."""
     stages = {}
     for stage in plan.stages:
-        runs = [run_record(r, outcomes.get(r.key)) for r in plan.runs if r.stage is stage]
+        own = [r for r in plan.runs if r.stage is stage]
+        runs = [run_record(r, outcomes.get(r.key)) for r in own]
+        # the effective params: the file's, then --set and a sweep's value (the same for the runs
+        # of one plan view; seeds are per run)
+        params = {**stage.params.as_dict(), **(own[0].overrides if own else {})}
         stages[stage.name] = {
-            "mode": stage.mode, "model": stage.params.model_name, "dataset": stage.params.dataset,
+            "method": stage.method.name, "role": stage.method.role,
+            "model": stage.params.model_name, "dataset": stage.params.dataset,
             "num_epochs": stage.params.num_epochs, "needs": stage.parent,
             "checkpoint": None if stage.checkpoint is None else str(stage.checkpoint),
             "temperature": stage.params.temperature, "runs": runs,
-            "best_acc": stats([r["best_acc"] for r in runs])}
+            "best_acc": stats([r["best_acc"] for r in runs]), "params": params}
     groups = [group_record(g, stages, plan) for g in find_groups(plan.stages)]
     return {"folder": str(plan.root), "seeds": plan.seeds, "accuracy": ACCURACY_NOTE,
-            "stages": stages, "groups": groups, "notes": []}
+            "git_commit": git_commit(), "stages": stages, "groups": groups, "notes": []}
 
 
 # ----------------------------------------------------------------------------- groups
@@ -102,15 +109,17 @@ def find_groups(stages):
     """One group per (normal teacher, nasty teacher that uses it as adversary)."""
     groups = []
     for teacher in stages:
-        if teacher.mode != "scratch" or not any(s.parent == teacher.name for s in stages):
+        if teacher.method.role != TEACHER or not any(s.parent == teacher.name for s in stages):
             continue
-        nasties = [s for s in stages if s.mode == "nasty" and s.parent == teacher.name] or [None]
+        nasties = [s for s in stages
+                   if s.method.role == DEFENDED_TEACHER and s.parent == teacher.name] or [None]
         for nasty in nasties:
             groups.append(Group(teacher.name, nasty and nasty.name, teacher.params.model_name,
                                 student_columns(stages, teacher, nasty)))
     for nasty in stages:  # adversary trained elsewhere: the nasty half of the table only
-        if nasty.mode == "nasty" and nasty.parent is None:
-            groups.append(Group(None, nasty.name, nasty.params.adversarial_model,
+        if nasty.method.role == DEFENDED_TEACHER and nasty.parent is None:
+            frozen_model = getattr(nasty.params, nasty.method.frozen[0].model_key)
+            groups.append(Group(None, nasty.name, frozen_model,
                                 student_columns(stages, None, nasty)))
     return groups
 
@@ -120,7 +129,7 @@ def student_columns(stages, teacher, nasty):
     roles = {stage.name: role for stage, role in ((teacher, "normal"), (nasty, "nasty")) if stage}
     cells, labels = {}, {}
     for student in stages:
-        role = roles.get(student.parent) if student.mode == "kd" else None
+        role = roles.get(student.parent) if student.method.role == STUDENT else None
         if role is None:
             continue
         key = (model_key(student), student.params.temperature, student.params.alpha)
@@ -141,7 +150,7 @@ def student_columns(stages, teacher, nasty):
 def alone_stage(stages, student, teacher):
     """The scratch run of the student's network: the one in a folder of the student's folder name
     (baseline/cnn for kd_normal_resnet18/cnn) first, then one that is not this group's teacher."""
-    same = [s for s in stages if s.mode == "scratch" and model_key(s) == model_key(student)]
+    same = [s for s in stages if s.method.role == TEACHER and model_key(s) == model_key(student)]
     leaf = student.name.rsplit("/", 1)[-1]
     same.sort(key=lambda s: (s.name.rsplit("/", 1)[-1] != leaf, teacher is not None and s is teacher))
     return same[0].name if same else None
@@ -236,7 +245,7 @@ def states_text(runs):
 
 def render_stages(results):
     lines = ["## Stages", "",
-             ("| stage | mode | model | state | best acc (%) | epochs | training time (s) "
+             ("| stage | method | model | state | best acc (%) | epochs | training time (s) "
               "| wall time (s) |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     expected = len(results["seeds"] or [None])
@@ -244,7 +253,7 @@ def render_stages(results):
         runs = stage["runs"]
         epochs = sorted({r["epochs"] for r in runs})
         walls = [r["wall_seconds"] for r in runs if r["wall_seconds"] is not None]
-        lines.append(f"| `{name}` | {stage['mode']} | {stage['model']} | {states_text(runs)} | "
+        lines.append(f"| `{name}` | {stage['method']} | {stage['model']} | {states_text(runs)} | "
                      f"{fmt(stage['best_acc'], expected)} | "
                      f"{'/'.join(map(str, epochs))} of {stage['num_epochs']} | "
                      f"{seconds(sum(r['epoch_seconds'] for r in runs))} | "

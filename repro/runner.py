@@ -1,4 +1,4 @@
-"""Carrying out a plan (utils/pipeline.py): each run with the real training script, in order.
+"""Carrying out a plan (repro/pipeline.py): each run with the real training script, in order.
 
     outcomes = execute(plan, SubprocessRunner(plan.base, ["--device", "cpu"]), Progress())
     outcomes[("baseline/preresnet20", None)].state        # "done", "ran", "failed" or "skipped"
@@ -17,10 +17,9 @@ import sys
 import time
 from typing import NamedTuple, Optional
 
-from .engine import Interrupted  # noqa: F401 (reproduce.py's Ctrl-C error too)
-from .errors import NastyError
-from .tracking import read_jsonl
-from .pipeline import PROJECT_ROOT, SCRIPTS, run_status, write_seed_config
+from utils.errors import Interrupted  # noqa: F401 (reproduce.py's Ctrl-C error too)
+from utils.tracking import read_jsonl
+from .pipeline import PROJECT_ROOT, run_status, write_run_config
 
 LOG_NAME = "reproduce.log"
 ATTEMPTS_NAME = "reproduce.jsonl"
@@ -52,10 +51,10 @@ def execute_one(plan, run, runner, progress, outcomes):
     if parent is not None and outcomes[parent].state in ("failed", "skipped"):
         if (run.folder / "params.json").is_file() and run_status(run).state == "done":
             return Outcome("done")  # finished before: its numbers stay in the table
-        name = parent[0] if parent[1] is None else f"{parent[0]} [seed {parent[1]}]"
+        name = run.parent_run.label
         return Outcome("skipped", message=f"needs {name}, which {outcomes[parent].state}")
-    if run.seed is not None:
-        write_seed_config(run)
+    if run.generated:
+        write_run_config(run, plan.base)
     status = run_status(run)
     if status.state == "done":
         return Outcome("done")
@@ -82,8 +81,9 @@ class SubprocessRunner:
         # nproc > 1: the same script under torchrun on this machine's GPUs (or CPU processes)
         launcher = (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}"]
                     if self.nproc > 1 else [])
-        return [sys.executable, *launcher, str(PROJECT_ROOT / SCRIPTS[run.stage.mode]),
-                "--save_path", str(run.folder), "--resume", "auto", *self.flags]
+        return [sys.executable, *launcher, str(PROJECT_ROOT / run.stage.method.script_file),
+                "--save_path", str(run.folder), "--resume", "auto", *self.flags,
+                *[f"--set={key}={json.dumps(value)}" for key, value in run.overrides.items()]]
 
     def __call__(self, run, status, progress):
         command, log_path = self.command(run), run.folder / LOG_NAME

@@ -29,6 +29,16 @@ class DataError(NastyError):
     exit_code = 1
 
 
+class Diverged(NastyError):
+    """A non-finite loss: the run stops and keeps its last good checkpoints."""
+
+
+class Interrupted(NastyError):
+    """Ctrl-C (or SIGTERM): the run stopped between steps; its checkpoints are whole."""
+
+    exit_code = 130  # the shell's code for Ctrl-C
+
+
 def did_you_mean(word, choices):
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     import difflib
