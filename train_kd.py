@@ -6,8 +6,9 @@ Besides the keys of train_scratch.py, params.json names the teacher, `teacher_mo
 its checkpoint `teacher_resume` (or --teacher_resume PATH, the original's override), and
 the loss alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE with `temperature` T and
 `alpha`. The teacher's test accuracy is logged before training, as the original did.
+A `method` key selects another method of methods/ that this script runs (a student strategy).
 """
-from utils.engine import evaluate, fit, frozen_network, kd_objective, prepare
+from utils.engine import fit, prepare
 from utils.runtime import run_script, script_parser
 
 
@@ -17,13 +18,7 @@ def main(argv=None):
                         help="teacher checkpoint, overriding teacher_resume of params.json")
     args = parser.parse_args(argv)
     overrides = {"teacher_resume": args.teacher_resume} if args.teacher_resume else {}
-    run = prepare(args, mode="kd", overrides=overrides)
-    params = run.params
-    teacher = frozen_network(run, params.teacher_model, params.teacher_resume, "teacher")
-    metrics = evaluate(teacher, run.test_loader, run.precision)
-    run.log.info(f"- Teacher Model Eval metrics : acc: {metrics['acc']:05.3f} ; "
-                 f"loss: {metrics['loss']:05.3f}")
-    fit(run, kd_objective(teacher, T=params.temperature, alpha=params.alpha), args.resume)
+    fit(prepare(args, script="kd", overrides=overrides), args.resume)
 
 
 if __name__ == "__main__":

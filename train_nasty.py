@@ -5,18 +5,15 @@
 Besides the keys of train_scratch.py, params.json names the frozen adversarial (normal)
 network, `adversarial_model` and its checkpoint `adversarial_resume`, and the loss
 CE - weight * T^2 * KL(nasty || adversarial) with `temperature` T and `weight`.
+A `method` key selects another method of methods/ that this script runs (a defence).
 """
-from utils.engine import fit, frozen_network, nasty_objective, prepare
+from utils.engine import fit, prepare
 from utils.runtime import run_script, script_parser
 
 
 def main(argv=None):
     args = script_parser(__doc__).parse_args(argv)
-    run = prepare(args, mode="nasty")
-    params = run.params
-    adversarial = frozen_network(run, params.adversarial_model, params.adversarial_resume,
-                                 "adversarial")
-    fit(run, nasty_objective(adversarial, T=params.temperature, weight=params.weight), args.resume)
+    fit(prepare(args, script="nasty"), args.resume)
 
 
 if __name__ == "__main__":

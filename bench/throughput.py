@@ -30,10 +30,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "tests"))
 
-import nets  # noqa: E402
 from datagen import make_cifar  # noqa: E402
 from loader_throughput import reference_loader  # noqa: E402
-from utils import engine  # noqa: E402
+from utils import engine, networks  # noqa: E402
 from utils.data import build_loaders  # noqa: E402
 from utils.distributed import SINGLE  # noqa: E402
 from utils.params import params_from_dict  # noqa: E402
@@ -64,20 +63,23 @@ class Ours:
         params = config(args, data_dir, mode, switches)
         seed_everything(0, params.deterministic)
         train_loader, _ = build_loaders(params, device)
-        model = engine.build_network(params, params.model_name, device)
-        optimizer = engine.make_optimizer(params.model_name, model, params.learning_rate)
+        model = networks.build_network(params, params.model_name, device)
+        method = params.method_entry
+        # random weights for the frozen network: speed only
+        frozen = {spec.role: networks.freeze(networks.build_network(params, args.model, device),
+                                             params.compile) for spec in method.frozen}
+        objective = method.build(params, frozen).to(device)
+        optimizer = networks.make_optimizer(params.model_name,
+                                            [*model.parameters(), *objective.parameters()],
+                                            params.learning_rate)
         compiled = maybe_compile(model, params.compile)
-        self.run = engine.Run(params, device, None, None, model, compiled, compiled, optimizer,
-                              Precision(params.amp, device), train_loader, None, SINGLE)
-        other = (engine.freeze(engine.build_network(params, args.model, device), params.compile)
-                 if mode != "scratch" else None)
-        self.objective = {"scratch": lambda: engine.scratch_objective(),
-                          "kd": lambda: engine.kd_objective(other, T=4, alpha=0.9),
-                          "nasty": lambda: engine.nasty_objective(other, T=4, weight=0.04)}[mode]()
+        self.run = engine.TrainingRun(params, device, None, None, model, compiled, compiled, objective,
+                                      optimizer, Precision(params.amp, device), train_loader, None,
+                                      SINGLE)
         self.epoch = 0
 
     def train_epoch(self):
-        engine.train_epoch(self.run, self.objective, self.epoch)
+        engine.train_epoch(self.run, self.epoch)
         self.epoch += 1
         return self.run.train_loader.num_samples
 
@@ -90,7 +92,7 @@ class Reference:
         trained = args.student if mode == "kd" else args.model
         self.model = _build(trained, device)
         self.other = _build(args.model, device).eval() if mode != "scratch" else None
-        self.optimizer = engine.make_optimizer(trained, self.model, 0.1)
+        self.optimizer = networks.make_optimizer(trained, self.model.parameters(), 0.1)
         self.mode, self.device = mode, device
 
     def loss(self, images, labels):
@@ -121,8 +123,9 @@ class Reference:
 
 
 def _build(name, device):
-    options = NET_OPTIONS if name == "net" else {}
-    return nets.build_model(name, 10, **options).to(device)
+    values = {"model_name": name, "learning_rate": 0.1, "schedule": [999], "gamma": 0.1,
+              "batch_size": 2, "num_epochs": 1, "dataset": "cifar10", **NET_OPTIONS}
+    return networks.build_network(params_from_dict(values, "scratch"), name, device)
 
 
 def settle(seconds=1.0):

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.engine import fit, prepare, scratch_objective  # noqa: E402
+from utils.engine import fit, prepare  # noqa: E402
 from utils.runtime import run_script, script_parser  # noqa: E402
 
 
@@ -22,7 +22,7 @@ def flat_state(model):
 
 def main(argv=None):
     args = script_parser(__doc__).parse_args(argv)
-    run = prepare(args, mode="scratch")
+    run = prepare(args, script="scratch")
     steps, step = [], run.optimizer.step
 
     def recording_step(*a, **k):
@@ -31,7 +31,7 @@ def main(argv=None):
         return result
 
     run.optimizer.step = recording_step
-    fit(run, scratch_objective(), args.resume)
+    fit(run, args.resume)
     torch.save(steps, Path(args.save_path) / f"probe_rank{run.world.rank}.pt")
 
 

@@ -13,7 +13,8 @@ import torch
 import train_kd
 import train_scratch
 from conftest import ROOT
-from utils.engine import Diverged, fit, prepare, scratch_objective
+from methods import Objective
+from utils.engine import Diverged, fit, prepare
 from utils.losses import ce_loss
 from utils.runtime import RunLock
 from utils.tracking import read_metrics
@@ -73,19 +74,20 @@ def _args(run, resume=None):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(tmp_path):
     run = _run_dir(tmp_path / "run", num_epochs=2)
     first = prepare(_args(run), "scratch")
-    fit(first, scratch_objective())
+    fit(first)
     before = _snapshot(run)
     _run_dir(run, num_epochs=3)
     broken = prepare(_args(run), "scratch")
-    calls = {"n": 0}
 
-    def nan_at_third_batch(model, images, labels):
-        calls["n"] += 1
-        logits = model(images)
-        terms = ce_loss(logits * (float("nan") if calls["n"] == 3 else 1.0), labels)
-        return logits, terms
-    with pytest.raises(Diverged, match=r"non-finite loss at epoch 3, batch 3 \(term total, ce\); stopped"):
-        fit(broken, nan_at_third_batch, resume=str(run / "last_model.tar"))
+    class NanAtThirdBatch(Objective):
+        calls = 0
+
+        def forward(self, model, images, labels, at):
+            self.calls += 1
+            logits = model(images)
+            return logits, ce_loss(logits * (float("nan") if self.calls == 3 else 1.0), labels)
+    with pytest.raises(Diverged, match=r"non-finite loss at epoch 3, batch 3 \(term loss, ce\); stopped"):
+        fit(broken._replace(objective=NanAtThirdBatch()), resume=str(run / "last_model.tar"))
     after = _snapshot(run)
     for name in ("last_model.tar", "best_model.tar", "params.json"):
         assert name == "params.json" or after[name] == before[name]

@@ -116,6 +116,17 @@ def all_sum(tensor):
     return tensor
 
 
+def average_gradients(parameters):
+    """The mean gradient over the ranks, for parameters that DDP does not wrap (an objective's heads)."""
+    if not active():
+        return
+    size = dist.get_world_size()
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad)
+            parameter.grad.div_(size)
+
+
 def all_min(tensor):
     if active():
         dist.all_reduce(tensor, op=dist.ReduceOp.MIN)

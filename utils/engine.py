@@ -1,14 +1,15 @@
 """The training engine shared by train_scratch.py, train_nasty.py and train_kd.py.
 
-    run = prepare(args, mode="kd")                      # params, device, log, data, model, optimiser
-    teacher = frozen_network(run, run.params.teacher_model, run.params.teacher_resume, "teacher")
-    fit(run, kd_objective(teacher, T=run.params.temperature, alpha=run.params.alpha), args.resume)
+    run = prepare(args, script="kd")    # params, device, log, data, model, frozen networks,
+                                        # the method's objective, one optimiser for both
+    fit(run, args.resume)
 
-As the original: Adam for `net`/`mlp`, else SGD (momentum 0.9, weight decay 5e-4); the
-learning rate is multiplied by `gamma` at the start of every epoch listed in `schedule`;
-`best_model.tar` is rewritten whenever the test accuracy is >= the best so far.
-Differences: the test accuracy is exact (correct / total) where the original averaged
-per-batch accuracies, and the test loss is the per-sample mean.
+What a run trains against comes from its method (methods/): the frozen networks it reads, its
+objective and the names of its loss terms. As the original: Adam for `net`/`mlp`, else SGD
+(momentum 0.9, weight decay 5e-4); the learning rate is multiplied by `gamma` at the start of
+every epoch listed in `schedule`; `best_model.tar` is rewritten whenever the test accuracy is >=
+the best so far. Differences: the test accuracy is exact (correct / total) where the original
+averaged per-batch accuracies, and the test loss is the per-sample mean.
 """
 import contextlib
 import time
@@ -19,65 +20,43 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import nets
+from methods import Step
 from . import distributed
 from .checkpoint import check_file, load_weights, remove_partial_writes, save_checkpoint
 from .data import build_loaders, epoch_seed
-from .losses import ce_loss, kd_loss, nasty_loss
+from .errors import Diverged, Interrupted, NastyError  # noqa: F401 (re-exported)
+from .networks import build_network, freeze, load_frozen, make_optimizer  # noqa: F401
 from .params import load_params
-from .errors import NastyError
-from .speed import Precision, fast_settings, maybe_compile, to_layout
+from .provenance import provenance
+from .speed import Precision, fast_settings, maybe_compile
 from .runtime import (RunLock, attach_log_file, check_save_path, seed_everything, select_device,
                       setup_logging)
 from .tracking import EpochLog
 
-ADAM_MODELS = ("net", "mlp")
 CHECKPOINT_FORMAT = "nasty-teacher/1"  # marks checkpoints that hold our resume state
 BAR_EVERY = 10  # batches between progress-bar refreshes (each one syncs with the device)
 EVAL_BATCH = 512  # evaluation needs no gradients: larger batches, same numbers
 
 
-class Run(NamedTuple):
+class TrainingRun(NamedTuple):
     params: Any
     device: torch.device
     save_path: Path
     log: Any
-    model: torch.nn.Module         # what is checkpointed
+    model: torch.nn.Module         # what is checkpointed as 'state_dict'
     train_model: torch.nn.Module   # the same weights, compiled when params.compile, DDP under torchrun
     eval_model: torch.nn.Module    # the same weights, compiled when params.compile, never DDP
+    objective: Any                 # methods.Objective; its own parameters train with the model
     optimizer: torch.optim.Optimizer
     precision: Precision
     train_loader: Any
     test_loader: Any
     world: distributed.World
 
-
-# ----------------------------------------------------------------------------- objectives
-# objective(model, images, labels) -> (logits, LossTerms)
-
-def scratch_objective():
-    def objective(model, images, labels):
-        logits = model(images)
-        return logits, ce_loss(logits, labels)
-    return objective
-
-
-def frozen_objective(frozen, loss, **hyper):
-    """Train against a frozen network (teacher or adversary) whose logits are constants."""
-    def objective(model, images, labels):
-        with torch.inference_mode():
-            frozen_logits = frozen(images)
-        logits = model(images)
-        return logits, loss(logits, frozen_logits, labels, **hyper)
-    return objective
-
-
-def kd_objective(teacher, T, alpha):
-    return frozen_objective(teacher, kd_loss, T=T, alpha=alpha)
-
-
-def nasty_objective(adversarial, T, weight):
-    return frozen_objective(adversarial, nasty_loss, T=T, weight=weight)
+    @property
+    def term_names(self):
+        """'loss' (what is minimised) and the method's named parts, in log order."""
+        return ("loss",) + tuple(self.params.method_entry.terms)
 
 
 # ----------------------------------------------------------------------------- setup
@@ -87,31 +66,46 @@ def lr_at(epoch, base_lr, schedule, gamma):
     return base_lr * gamma ** sum(1 for milestone in schedule if milestone <= epoch)
 
 
-def make_optimizer(model_name, model, lr):
-    if model_name in ADAM_MODELS:
-        return torch.optim.Adam(model.parameters(), lr=lr)
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
-
-
-def build_network(params, name, device):
-    model = nets.build_model(name, params.num_classes, input_size=params.input_size,
-                             **params.model_options(name))
-    return to_layout(model.to(device), params.channels_last)
-
-
-def prepare(args, mode, overrides=None):
-    """Everything a run needs, from the command line and `<save_path>/params.json`."""
-    save_path = check_save_path(args.save_path)
+def load_run_params(args, script, overrides=None):
+    """The run's params: params.json, then --data_dir, the script's own flags and --set."""
     overrides = dict(overrides or {})
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    params = load_params(save_path, mode, overrides)
+    overrides.update(getattr(args, "set", None) or {})
+    return load_params(args.save_path, script, overrides), overrides
+
+
+def prepare(args, script, overrides=None):
+    """Everything a run needs, from the command line and `<save_path>/params.json`."""
+    save_path = check_save_path(args.save_path)
+    params, overrides = load_run_params(args, script, overrides)
     check_checkpoints_exist(params, args)  # before minutes of data decoding, not after
     world = distributed.launched_world()
     device = select_device(args, params, world)
     fast = fast_settings(device) if getattr(args, "fast", False) else {}
     if fast:
-        params = load_params(save_path, mode, {**overrides, **fast})
+        params = load_params(save_path, script, {**overrides, **fast})
+    log = start_logging(params, device, world, fast)
+    seed_everything(params.seed, params.deterministic)
+    train_loader, test_loader = build_loaders(params, device, max(params.batch_size, EVAL_BATCH), world)
+    log.info(f"Create Model --- {params.model_name}")
+    model = build_network(params, params.model_name, device)
+    model = distributed.convert_sync_bn(model, world, device, params.sync_bn)
+    frozen = load_frozen_networks(params, device, log)
+    objective = params.method_entry.build(params, frozen).to(device)
+    optimizer = make_optimizer(params.model_name, [*model.parameters(), *objective.parameters()],
+                               params.learning_rate)
+    log.info(f"Optimizer: {type(optimizer).__name__}")
+    eval_model = maybe_compile(model, params.compile)
+    run = TrainingRun(params, device, save_path, log, model, distributed.wrap(eval_model, world, device),
+                      eval_model, objective, optimizer, Precision(params.amp, device), train_loader,
+                      test_loader, world)
+    if params.method_entry.on_start:
+        params.method_entry.on_start(run, frozen)
+    return run
+
+
+def start_logging(params, device, world, fast):
     restart_warning = distributed.start(world, device)
     log = setup_logging(quiet=not world.is_main)
     if restart_warning:
@@ -124,78 +118,59 @@ def prepare(args, mode, overrides=None):
     if world.distributed:
         log.info(f"torchrun: {world.size} processes; global batch {params.batch_size}, about "
                  f"{params.batch_size / world.size:g} per process; sync_bn {int(params.sync_bn)}")
-    seed_everything(params.seed, params.deterministic)
-    train_loader, test_loader = build_loaders(params, device, max(params.batch_size, EVAL_BATCH), world)
-    log.info(f"Create Model --- {params.model_name}")
-    model = build_network(params, params.model_name, device)
-    model = distributed.convert_sync_bn(model, world, device, params.sync_bn)
-    optimizer = make_optimizer(params.model_name, model, params.learning_rate)
-    log.info(f"Optimizer: {type(optimizer).__name__}")
-    eval_model = maybe_compile(model, params.compile)
-    return Run(params, device, save_path, log, model, distributed.wrap(eval_model, world, device),
-               eval_model, optimizer, Precision(params.amp, device), train_loader, test_loader, world)
+    return log
 
 
 def check_checkpoints_exist(params, args):
-    paths = {"kd": [params.teacher_resume], "nasty": [params.adversarial_resume]}.get(params.mode, [])
+    paths = [getattr(params, f.resume_key) for f in params.method_entry.frozen]
     if args.resume and args.resume != "auto":
         paths.append(args.resume)
     for path in paths:
         check_file(path)
 
 
-def frozen_network(run, name, path, role):
-    """The teacher / adversarial network: loaded, in eval mode, without gradients."""
-    run.log.info(f"Create {role} model --- {name}; load trained weights from {path}")
-    network = build_network(run.params, name, run.device)
-    load_weights(network, path, map_location=run.device,
-                 what=f"{role} {name} with {run.params.num_classes} classes")
-    return freeze(network, run.params.compile)
-
-
-def freeze(network, compile_it=False):
-    """Eval mode, no gradients, compiled when asked: how teachers and adversaries run."""
-    network.eval()
-    for parameter in network.parameters():
-        parameter.requires_grad_(False)
-    return maybe_compile(network, compile_it)
+def load_frozen_networks(params, device, log):
+    """The method's frozen networks (teacher, adversary) by role: loaded, eval mode, no gradients."""
+    frozen = {}
+    for spec in params.method_entry.frozen:
+        name, path = getattr(params, spec.model_key), getattr(params, spec.resume_key)
+        log.info(f"Create {spec.role} model --- {name}; load trained weights from {path}")
+        frozen[spec.role] = load_frozen(params, name, path, device, spec.role, params.compile)
+    return frozen
 
 
 # ----------------------------------------------------------------------------- loops
 
-TERM_NAMES = ("total", "ce", "kl")
-
-
-def train_epoch(run, objective, epoch):
-    """One pass over the training split; returns the per-batch means of the loss terms.
+def train_epoch(run, epoch):
+    """One pass over the training split; returns the per-batch means of the loss terms by name
+    (see TrainingRun.term_names) and the training accuracy.
 
     Under torchrun the terms are those of the global batch: each rank weighs its share by
     its size, so the gradients DDP averages are the gradients of the global batch mean.
     """
-    model, optimizer, loader, world = run.train_model, run.optimizer, run.train_loader, run.world
+    model, objective, loader, world = run.train_model, run.objective, run.train_loader, run.world
     model.train()
+    objective.train()
     loader.set_epoch(epoch)
-    global_sizes = loader.batch_sizes()
-    totals = torch.zeros(3, device=run.device)
+    global_sizes, names, steps = loader.batch_sizes(), run.term_names, len(loader)
+    totals = torch.zeros(len(names), device=run.device)
     correct = torch.zeros((), dtype=torch.long, device=run.device)
-    watch = NonFiniteWatch(run.device)
+    watch = NonFiniteWatch(run.device, names)
     seen = 0
     # disable=None: no bar when stderr is not a terminal (cluster logs, pipes)
-    with tqdm(total=len(loader), desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
+    with tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
               disable=None if world.is_main else True) as bar:
         for step, (images, labels) in enumerate(loader, 1):
             share = len(labels) / global_sizes[step - 1]  # 1.0 in a single process
             with run.precision.autocast():
-                logits, terms = objective(model, images, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss = terms.total * (share * world.size) if world.distributed else terms.total
-            run.precision.backward_step(loss, optimizer)
-            stacked = torch.stack(terms).detach()
+                logits, terms = objective(model, images, labels, Step(epoch, step - 1, steps))
+            optimizer_step(run, terms["loss"], share)
+            stacked = stack_terms(terms, names).detach()
             totals += stacked if share == 1.0 else stacked * share  # no host sync here
             watch.update(stacked, step)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
-            if step % BAR_EVERY == 0 or step == len(loader):
+            if step % BAR_EVERY == 0 or step == steps:
                 watch.check(run, epoch)  # shares the bar's sync: one per BAR_EVERY batches
                 # this rank's shares weigh ~1/world each: scaled back for the display
                 bar.set_postfix(loss=f"{totals[0].item() * world.size / step:.3f}",
@@ -203,16 +178,36 @@ def train_epoch(run, objective, epoch):
                 bar.update(step - bar.n)
     distributed.all_sum(totals)
     distributed.all_sum(correct)
-    loss, ce, kl = (totals / max(1, len(loader))).tolist()
-    return {"loss": loss, "ce": ce, "kl": kl, "acc": 100.0 * correct.item() / max(1, loader.num_samples)}
+    means = dict(zip(names, (totals / max(1, steps)).tolist()))
+    return {**means, "acc": 100.0 * correct.item() / max(1, loader.num_samples)}
+
+
+def stack_terms(terms, names):
+    """The terms an objective returned as one tensor, in `names` order (one device op, no sync)."""
+    missing = [n for n in names if n not in terms]
+    if missing:
+        raise NastyError(f"the objective returned no loss term {missing[0]!r}; it returns "
+                         f"{', '.join(terms)} and its method declares {', '.join(names[1:])}")
+    return torch.stack([terms[n].float() for n in names])
+
+
+def optimizer_step(run, loss, share):
+    """Backward and step; an objective's own parameters (outside DDP) get the ranks' mean gradient."""
+    run.optimizer.zero_grad(set_to_none=True)
+    if run.world.distributed:
+        loss = loss * (share * run.world.size)
+    own = [p for p in run.objective.parameters() if p.requires_grad]
+    average = (lambda: distributed.average_gradients(own)) if own and run.world.distributed else None
+    run.precision.backward_step(loss, run.optimizer, before_step=average)
 
 
 class NonFiniteWatch:
     """Remembers, on the device, the first batch whose loss terms were not finite."""
 
-    def __init__(self, device):
+    def __init__(self, device, names):
+        self.names = names
         self.first_step = torch.full((), -1, dtype=torch.long, device=device)
-        self.bad_terms = torch.zeros(3, dtype=torch.bool, device=device)
+        self.bad_terms = torch.zeros(len(names), dtype=torch.bool, device=device)
 
     def update(self, terms, step):
         bad = ~torch.isfinite(terms)
@@ -228,11 +223,11 @@ class NonFiniteWatch:
         step = int(first.item())
         if step != never:
             self.bad_terms = bad > 0
-            names = [n for n, b in zip(TERM_NAMES, self.bad_terms.tolist()) if b]
+            names = [n for n, b in zip(self.names, self.bad_terms.tolist()) if b]
             raise Diverged(f"non-finite loss at epoch {epoch + 1}, batch {step} (term "
                            f"{', '.join(names)}); stopped, the checkpoints in {run.save_path} keep "
                            "the last finished epoch; try a lower learning_rate"
-                           + (" or weight" if run.params.mode == "nasty" else ""))
+                           + run.params.method_entry.diverged_hint)
 
 
 @torch.inference_mode()
@@ -256,14 +251,6 @@ def _evaluate(model, loader):
             "loss": loss_sum.item() / loader.num_samples}
 
 
-class Diverged(NastyError):
-    """A non-finite loss: the run stops and keeps its last good checkpoints."""
-
-
-class Interrupted(NastyError):
-    exit_code = 130  # the shell's code for Ctrl-C
-
-
 def resume_path(resume, save_path):
     """`--resume auto` continues from `<save_path>/last_model.tar` when there is one."""
     if resume != "auto":
@@ -272,7 +259,7 @@ def resume_path(resume, save_path):
     return str(last) if last.exists() else None
 
 
-def fit(run, objective, resume=None):
+def fit(run, resume=None):
     """Train from the first unfinished epoch to `num_epochs`, checkpointing every epoch.
 
     Nothing in the run folder is written before the folder lock is held and the resume
@@ -288,10 +275,11 @@ def fit(run, objective, resume=None):
         distributed.check_same_epoch(state["epoch"])
         if main:
             attach_log_file(run.log, run.save_path)
-        tracker = EpochLog(run.save_path, run.log, run.params.mode, start_epoch=state["epoch"]) if main else None
+        tracker = (EpochLog(run.save_path, run.log, run.params.method_entry.log_lines, run.term_names,
+                            start_epoch=state["epoch"]) if main else None)
         try:
             for epoch in range(state["epoch"], run.params.num_epochs):
-                run_epoch(run, objective, epoch, state, tracker)
+                run_epoch(run, epoch, state, tracker)
         except KeyboardInterrupt:
             raise Interrupted(interrupt_message(run, state)) from None
         finally:
@@ -300,7 +288,7 @@ def fit(run, objective, resume=None):
     return state
 
 
-def run_epoch(run, objective, epoch, state, tracker):
+def run_epoch(run, epoch, state, tracker):
     params, log = run.params, run.log
     started = time.time()
     lr = lr_at(epoch, params.learning_rate, params.schedule, params.gamma)
@@ -311,7 +299,7 @@ def run_epoch(run, objective, epoch, state, tracker):
     torch.manual_seed(epoch_seed(params.seed, epoch) + run.world.rank)
     log.info(f"Epoch {epoch + 1}/{params.num_epochs}")
     log.info(f"Learning Rate {lr}")
-    train = train_epoch(run, objective, epoch)
+    train = train_epoch(run, epoch)
     distributed.share_buffers(run.model)
     test = evaluate(run.eval_model, run.test_loader, run.precision)
     new_best = test["acc"] >= state["best_acc"]
@@ -338,12 +326,31 @@ def save_epoch(run, epoch, test, state, new_best):
                   "optim_dict": run.optimizer.state_dict(), "format": CHECKPOINT_FORMAT,
                   "best_acc": state["best_acc"], "best_epoch": state["best_epoch"],
                   "eval_acc": test["acc"], "model_name": run.params.model_name,
-                  "dataset": run.params.dataset, "num_classes": run.params.num_classes}
+                  "dataset": run.params.dataset, "num_classes": run.params.num_classes,
+                  "method": run.params.method, **provenance(run.params)}
+    objective_state = run.objective.state_dict()
+    if objective_state:  # auxiliary heads: apart, so 'state_dict' stays the plain network
+        checkpoint["objective_state_dict"] = objective_state
     if run.precision.scaler.is_enabled():  # fp16 loss scale: part of the exact resume state
         checkpoint["scaler"] = run.precision.scaler.state_dict()
     if new_best:
         save_checkpoint(run.save_path / "best_model.tar", checkpoint)
     save_checkpoint(run.save_path / "last_model.tar", checkpoint)
+
+
+def load_objective_state(run, checkpoint, path):
+    """The objective's own parameters (auxiliary heads) of a checkpoint of ours."""
+    if not run.objective.state_dict():
+        return
+    if "objective_state_dict" not in checkpoint:
+        raise NastyError(f"{path}: holds no 'objective_state_dict' for method "
+                         f"{run.params.method!r}, so its heads cannot resume")
+    try:
+        run.objective.load_state_dict(checkpoint["objective_state_dict"])
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()[0]
+        raise NastyError(f"{path}: its objective state does not fit method "
+                         f"{run.params.method!r} ({first})") from None
 
 
 def resume_state(run, path):
@@ -352,7 +359,13 @@ def resume_state(run, path):
                               what=f"model {run.params.model_name} with {run.params.num_classes} classes")
     epoch = int(checkpoint.get("epoch", 0))
     if checkpoint.get("format") == CHECKPOINT_FORMAT:
-        run.optimizer.load_state_dict(checkpoint["optim_dict"])
+        load_objective_state(run, checkpoint, path)
+        try:
+            run.optimizer.load_state_dict(checkpoint["optim_dict"])
+        except (ValueError, KeyError) as error:
+            raise NastyError(f"{path}: its optimizer state does not fit this run of method "
+                             f"{run.params.method!r} (saved by method "
+                             f"{checkpoint.get('method', 'unknown')!r}: {error})") from None
         if "scaler" in checkpoint and run.precision.scaler.is_enabled():
             run.precision.scaler.load_state_dict(checkpoint["scaler"])
         state = {"epoch": epoch, "best_acc": checkpoint["best_acc"],
@@ -360,6 +373,7 @@ def resume_state(run, path):
         run.log.info(f"- Resumed from {path}: continuing after epoch {epoch} with its optimizer "
                      f"state; best so far {state['best_acc']:.3f} (epoch {state['best_epoch']})")
         return state
+    fresh = " and fresh objective parameters" if run.objective.state_dict() else ""
     run.log.info(f"- Resumed from {path} (original format): weights only; continuing after epoch "
-                 f"{epoch} with a fresh optimizer and no best accuracy on record")
+                 f"{epoch} with a fresh optimizer{fresh} and no best accuracy on record")
     return {"epoch": epoch, "best_acc": -1.0, "best_epoch": -1}

@@ -1,14 +1,11 @@
 """The two training objectives of the paper, as pure functions of tensors and floats.
 
     terms = kd_loss(student_logits, teacher_logits, labels, T=4.0, alpha=0.9)
-    terms.total.backward()          # terms.ce and terms.kl are detached-free parts to log
+    terms["loss"].backward()        # terms["ce"] and terms["kl"] are its parts, for the logs
 
-Both return `LossTerms(total, ce, kl)` of 0-d tensors, so the engine can accumulate
-them on the device without a host sync per batch.
+Each returns a dict of named 0-d tensors, "loss" (what is minimised) first, then its parts, so the
+engine can accumulate them on the device without a host sync per batch and log each by name.
 """
-from typing import NamedTuple
-
-import torch
 import torch.nn.functional as F
 
 # The original adds 100 to the nasty total "to make the loss positive". A constant
@@ -17,16 +14,10 @@ import torch.nn.functional as F
 NASTY_LOSS_OFFSET = 100.0
 
 
-class LossTerms(NamedTuple):
-    total: torch.Tensor  # what is minimised
-    ce: torch.Tensor     # cross-entropy with the labels
-    kl: torch.Tensor     # T^2-scaled KL divergence term (before alpha / weight)
-
-
 def ce_loss(logits, labels):
-    """Plain cross-entropy training (normal teachers and baseline students); kl is 0."""
+    """Plain cross-entropy training (normal teachers and baseline students)."""
     ce = F.cross_entropy(logits, labels)
-    return LossTerms(ce, ce, torch.zeros_like(ce))
+    return {"loss": ce, "ce": ce}
 
 
 def soft_kl(target_logits, logits, T):
@@ -42,7 +33,7 @@ def kd_loss(student_logits, teacher_logits, labels, T, alpha):
     """alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE(student, labels)."""
     ce = F.cross_entropy(student_logits, labels)
     kl = soft_kl(teacher_logits, student_logits, T)
-    return LossTerms(alpha * kl + (1.0 - alpha) * ce, ce, kl)
+    return {"loss": alpha * kl + (1.0 - alpha) * ce, "ce": ce, "kl": kl}
 
 
 def nasty_loss(logits, adversarial_logits, labels, T, weight):
@@ -57,4 +48,4 @@ def nasty_loss(logits, adversarial_logits, labels, T, weight):
     target = F.softmax(logits / T, dim=1)
     kl = F.kl_div(F.log_softmax(adversarial_logits.detach() / T, dim=1), target,
                   reduction="batchmean") * (T * T)
-    return LossTerms(ce - weight * kl + NASTY_LOSS_OFFSET, ce, kl)
+    return {"loss": ce - weight * kl + NASTY_LOSS_OFFSET, "ce": ce, "kl": kl}

@@ -1,219 +1,93 @@
-"""The `params.json` of a run folder, validated against one schema table.
+"""The `params.json` of a run folder, validated against one schema: the common keys below and
+the keys of its method (methods/).
 
     from utils.params import load_params
     params = load_params("experiments/CIFAR100/kd_nasty_resnet18/resnet18", "kd",
                          overrides={"teacher_resume": args.teacher_resume})
-    model = nets.build_model(params.model_name, params.num_classes,
-                             input_size=params.input_size,
-                             **params.model_options(params.model_name))
+    params.method_entry                                       # its row of the method table
     print(params.as_dict())                                   # what the log records
 
 Every problem of a file is collected and raised together as one `ConfigError` whose message
 is a single line, `<path>: problem; problem; ...`, so a user fixes a file in one pass instead
 of meeting its mistakes one run at a time.
 
-A key belongs to one or more modes ('scratch', 'nasty', 'kd'). Keys of another mode are
-accepted and ignored: the original release reuses one file across several scripts. The
-number of classes and the input size follow from `dataset` alone (see `DATASETS`); there is
-no silent fallback to 10 classes as in the original.
+The method is the file's `method` key, else the script's own (train_kd.py: kd), else (reproduce.py,
+no script) the one its keys imply. Keys of other methods are accepted and ignored: the original
+release reuses one file across several scripts. The number of classes and the input size follow
+from `dataset` alone (see `DATASETS`); there is no silent fallback to 10 classes as in the original.
 
-To add a key, add one `Key(...)` row to `SCHEMA`.
+To add a key every run has, add one `Key(...)` row to `COMMON`; a method's keys live in its module.
 """
 import json
-import math
-import os
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Optional
 
+import methods
 from nets import registry
 from utils.data import DATASETS  # one table: classes, input size, statistics, reader
 from utils.errors import ConfigError, did_you_mean
+from utils.schema import (FLAG, FLOAT, INT, MODEL, REQUIRED, SCHEDULE, STR, Key, Problem, bounds,
+                          one_of, show)
 
 
-MODES = ("scratch", "nasty", "kd")
-
-
-class _Problem(Exception):
-    """One problem with one key's value; its text already names the key."""
-
-
-def _show(value):
-    # JSON spelling (true, null, 100.0) is what the user sees in the file; strings keep
-    # quotes so an empty or blank string is visible. Huge values are cut to keep one line short.
-    try:
-        text = repr(value) if isinstance(value, str) else json.dumps(value)
-    except (TypeError, ValueError):  # an override can be any Python object
-        text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _is_int(value):
-    # bool is a subclass of int in Python, but `true` is no epoch count
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-# ----------------------------------------------------------------------------- value kinds
-# A kind turns the JSON value into the typed value the scripts see, or raises _Problem
-# with the reason (the caller adds the key and value).
-
-class Kind(NamedTuple):
-    name: str                        # shown by describe()
-    parse: Callable[[Any], Any]
-
-
-def _parse_int(value):
-    if _is_int(value):
-        return value
-    if isinstance(value, float):
-        raise _Problem("must be an integer, not a float")
-    raise _Problem("must be an integer" + (", not a string" if isinstance(value, str) else ""))
-
-
-def _parse_float(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise _Problem("must be a number" + (", not a string" if isinstance(value, str) else ""))
-    if not math.isfinite(value):
-        raise _Problem("must be a finite number")
-    return float(value)
-
-
-def _parse_flag(value):
-    # the original files write 0/1; true/false are accepted as the obvious spelling
-    if isinstance(value, bool) or (_is_int(value) and value in (0, 1)):
-        return bool(value)
-    raise _Problem("must be 0, 1, true or false")
-
-
-def _parse_str(value):
-    if isinstance(value, os.PathLike):   # overrides from code may pass a Path for a folder
-        return os.fspath(value)
-    if not isinstance(value, str):
-        raise _Problem("must be a string")
-    return value
-
-
-def _parse_model(value):
-    if not isinstance(value, str):
-        raise _Problem("must be a model name (a string)")
-    return value
-
-
-def _parse_schedule(value):
-    if not isinstance(value, list) or not all(_is_int(v) for v in value):
-        raise _Problem("must be a list of integers (epochs)")
-    if any(v < 0 for v in value):
-        raise _Problem("must hold non-negative epochs")
-    if any(a >= b for a, b in zip(value, value[1:])):
-        raise _Problem("must be strictly increasing")
-    return list(value)
-
-
-INT = Kind("int", _parse_int)
-FLOAT = Kind("float", _parse_float)
-FLAG = Kind("0/1", _parse_flag)
-STR = Kind("str", _parse_str)
-MODEL = Kind("model", _parse_model)      # also checked against the registry and the data set
-SCHEDULE = Kind("epochs", _parse_schedule)
-
-
-# ----------------------------------------------------------------------------- range checks
-# A check returns the problem text for a typed value, or None when the value is fine.
-
-def _bounds(low=None, low_open=False, high=None, high_open=False):
-    parts = []
-    if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low}")
-    if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high}")
-    rule = "must be " + " and ".join(parts)
-
-    def check(value):
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        return rule if too_low or too_high else None
-    return check
-
-
-def _one_of(choices, what):
-    def check(value):
-        if value in choices:
-            return None
-        # lower() so that 'CIFAR10', the folder spelling, still finds 'cifar10'
-        return (f"is not a known {what}{did_you_mean(value.lower(), choices)}, "
-                f"valid: {', '.join(choices)}")
-    return check
-
-
-# ----------------------------------------------------------------------------- the schema
-
-REQUIRED = object()   # default of a key that must be in the file
 AMP_MODES = ("off", "bf16", "fp16")
-ALL = frozenset(MODES)
-NASTY, KD = frozenset({"nasty"}), frozenset({"kd"})
 
 
-class Key(NamedTuple):
-    name: str
-    kind: Kind
-    default: Any                     # REQUIRED; None: optional, absent unless a model needs it
-    modes: frozenset
-    why: str
-    check: Optional[Callable[[Any], Optional[str]]] = None
+def _known_method(value):
+    return None if value in methods.method_names() else (
+        f"is not a known method{did_you_mean(value, methods.method_names())}, "
+        f"valid: {', '.join(methods.method_names())}")
 
 
-SCHEMA = (
-    Key("model_name", MODEL, REQUIRED, ALL, "the network this run trains"),
-    Key("learning_rate", FLOAT, REQUIRED, ALL, "initial step size of the optimiser",
-        _bounds(low=0, low_open=True)),
-    Key("schedule", SCHEDULE, REQUIRED, ALL, "epochs at which the learning rate is multiplied "
+# the keys of every run; each method of methods/ adds its own (methods.method_keys())
+COMMON = (
+    Key("method", STR, None, "the training method (methods/); without it: the script's own, or "
+        "for reproduce.py the one its keys imply (adversarial_resume: nasty, teacher_resume: kd, "
+        "else scratch)", _known_method),
+    Key("model_name", MODEL, REQUIRED, "the network this run trains"),
+    Key("learning_rate", FLOAT, REQUIRED, "initial step size of the optimiser",
+        bounds(low=0, low_open=True)),
+    Key("schedule", SCHEDULE, REQUIRED, "epochs at which the learning rate is multiplied "
         "by gamma ([999] never fires)"),
-    Key("gamma", FLOAT, REQUIRED, ALL, "learning-rate factor at each schedule epoch",
-        _bounds(low=0, low_open=True)),
-    Key("batch_size", INT, REQUIRED, ALL, "training images per step", _bounds(low=1)),
-    Key("num_epochs", INT, REQUIRED, ALL, "length of training", _bounds(low=1)),
-    Key("dataset", STR, REQUIRED, ALL, "data set; fixes the number of classes and input size",
-        _one_of(DATASETS, "data set")),
-    Key("num_workers", INT, 4, ALL, "threads that decode Tiny-ImageNet once (the original's "
-        "DataLoader workers; the device loader needs none)", _bounds(low=0)),
-    Key("augmentation", FLAG, 1, ALL, "random crops and flips of the training images"),
-    Key("cuda", FLAG, 1, ALL, "use a GPU if there is one (0: always the CPU)"),
-    Key("seed", INT, 0, ALL, "seed of every random number generator", _bounds(low=0)),
-    Key("data_dir", STR, "data", ALL, "folder that holds the data sets"),
-    Key("amp", STR, "off", ALL, "mixed precision: off (fp32, as the original), bf16, or fp16 "
-        "with a gradient scaler", _one_of(AMP_MODES, "amp mode")),
-    Key("channels_last", FLAG, 0, ALL, "NHWC memory layout for the convolutions (speed only)"),
-    Key("compile", FLAG, 0, ALL, "torch.compile the trained and the frozen network (speed only)"),
-    Key("sync_bn", FLAG, 0, ALL, "under torchrun on GPUs: batch-norm statistics over the global "
+    Key("gamma", FLOAT, REQUIRED, "learning-rate factor at each schedule epoch",
+        bounds(low=0, low_open=True)),
+    Key("batch_size", INT, REQUIRED, "training images per step", bounds(low=1)),
+    Key("num_epochs", INT, REQUIRED, "length of training", bounds(low=1)),
+    Key("dataset", STR, REQUIRED, "data set; fixes the number of classes and input size",
+        one_of(DATASETS, "data set")),
+    Key("num_workers", INT, 4, "threads that decode Tiny-ImageNet once (the original's "
+        "DataLoader workers; the device loader needs none)", bounds(low=0)),
+    Key("augmentation", FLAG, 1, "random crops and flips of the training images"),
+    Key("cuda", FLAG, 1, "use a GPU if there is one (0: always the CPU)"),
+    Key("seed", INT, 0, "seed of every random number generator", bounds(low=0)),
+    Key("data_dir", STR, "data", "folder that holds the data sets"),
+    Key("amp", STR, "off", "mixed precision: off (fp32, as the original), bf16, or fp16 "
+        "with a gradient scaler", one_of(AMP_MODES, "amp mode")),
+    Key("channels_last", FLAG, 0, "NHWC memory layout for the convolutions (speed only)"),
+    Key("compile", FLAG, 0, "torch.compile the trained and the frozen network (speed only)"),
+    Key("sync_bn", FLAG, 0, "under torchrun on GPUs: batch-norm statistics over the global "
         "batch instead of each process's share"),
-    Key("deterministic", FLAG, 1, ALL, "deterministic cuDNN as the original; 0 lets "
+    Key("deterministic", FLAG, 1, "deterministic cuDNN as the original; 0 lets "
         "cudnn.benchmark pick the fastest kernels"),
-    Key("num_channels", INT, None, ALL, "width of the 'net' CNN", _bounds(low=1)),
-    Key("dropout_rate", FLOAT, None, ALL, "dropout of the 'net' CNN",
-        _bounds(low=0, high=1, high_open=True)),
-    Key("temperature", FLOAT, REQUIRED, NASTY | KD, "softmax temperature of the soft labels",
-        _bounds(low=0, low_open=True)),
-    Key("adversarial_model", MODEL, REQUIRED, NASTY, "the normal network the nasty teacher "
-        "is pushed away from"),
-    Key("adversarial_resume", STR, REQUIRED, NASTY, "checkpoint of the adversarial network"),
-    Key("weight", FLOAT, REQUIRED, NASTY, "weight of the KL term that makes the teacher nasty",
-        _bounds(low=0)),
-    Key("teacher_model", MODEL, REQUIRED, KD, "the network the student distils from"),
-    Key("teacher_resume", STR, REQUIRED, KD, "checkpoint of the teacher"),
-    Key("alpha", FLOAT, REQUIRED, KD, "weight of the distillation term against the hard labels",
-        _bounds(low=0, high=1)),
+    Key("num_channels", INT, None, "width of the 'net' CNN", bounds(low=1)),
+    Key("dropout_rate", FLOAT, None, "dropout of the 'net' CNN",
+        bounds(low=0, high=1, high_open=True)),
 )
-_BY_NAME = {key.name: key for key in SCHEMA}
+def keys_of(method):
+    """The schema rows of a method's runs: the common keys, then the method's own."""
+    return COMMON + tuple(method.keys)
 
 
-def describe(mode):
-    """One line per key of `mode`: name, kind, default and why (for --help texts)."""
-    lines = []
-    for key in SCHEMA:
-        if mode in key.modes:
-            default = ("required" if key.default is REQUIRED else
-                       "if the model needs it" if key.default is None else f"default {key.default}")
-            lines.append(f"{key.name:<20} {key.kind.name:<7} {default:<22} {key.why}")
-    return "\n".join(lines)
+def all_keys():
+    """{name: Key} of every key some run can have (a name has one row, see methods.register)."""
+    return {**{key.name: key for key in COMMON},
+            **{name: key for name, (key, _) in methods.method_keys().items()}}
+
+
+def describe(method_name):
+    """One line per key of a method's runs: name, kind, default and why (for --help texts)."""
+    method = methods.get_method(method_name)
+    return "\n".join(f"{key.name:<20} {key.kind.name:<7} {key.default_text():<22} {key.why}"
+                     for key in keys_of(method))
 
 
 # ----------------------------------------------------------------------------- Params
@@ -221,20 +95,26 @@ def describe(mode):
 class Params:
     """Validated contents of one params.json.
 
-    Every schema key is an attribute, typed (int, float, bool for 0/1 flags, list of int,
-    str), with defaults filled in. Keys of the run's mode that are absent and have no
-    default (e.g. num_channels for a ResNet) are None; so are absent keys of other modes.
-    Keys of other modes that the file holds are kept unchecked, as given.
+    Every key is an attribute, typed (int, float, bool for 0/1 flags, list of int, str), with
+    defaults filled in. Keys of the run's method that are absent and have no default (e.g.
+    num_channels for a ResNet) are None; so are absent keys of other methods. Keys of other
+    methods that the file holds are kept unchecked, as given. `method` is always the method's
+    name, `method_entry` its row of the method table.
     """
 
-    def __init__(self, mode, path, values):
-        self.mode = mode
+    def __init__(self, method, path, values):
         self.path = path                 # the json file, or None when built from a dict
-        for key in SCHEMA:
-            setattr(self, key.name, None)
+        for name in all_keys():
+            setattr(self, name, None)
         for name, value in values.items():
             setattr(self, name, value)
         self._order = list(values)
+        self.method_entry = method
+        self.method = method.name
+
+    @property
+    def script(self):
+        return self.method_entry.script
 
     @property
     def num_classes(self):
@@ -255,53 +135,53 @@ class Params:
                 if getattr(self, option, None) is not None}
 
     def __repr__(self):
-        return f"Params(mode={self.mode!r}, path={str(self.path)!r}, {self.as_dict()!r})"
+        return f"Params(method={self.method!r}, path={str(self.path)!r}, {self.as_dict()!r})"
 
 
 # ----------------------------------------------------------------------------- validation
 
 def _typed_value(key, value):
-    """The typed value of `key`, or raise _Problem with a text that names key and value."""
+    """The typed value of `key`, or raise Problem with a text that names key and value."""
     try:
         typed = key.kind.parse(value)
-    except _Problem as reason:
-        raise _Problem(f"{key.name} = {_show(value)} {reason}") from None
+    except Problem as reason:
+        raise Problem(f"{key.name} = {show(value)} {reason}") from None
     problem = key.check(typed) if key.check else None
     if problem:
-        raise _Problem(f"{key.name} = {_show(value)} {problem}")
+        raise Problem(f"{key.name} = {show(value)} {problem}")
     return typed
 
 
-def _check_keys(values, mode):
+def _check_keys(values, method):
     """(typed values, problems) of the keys: unknown, mistyped, out of range, missing."""
     typed, problems = {}, []
+    known, own = all_keys(), {key.name: key for key in keys_of(method)}
     for name, value in values.items():
-        key = _BY_NAME.get(name)
-        if key is None:
-            problems.append(f"unknown key {name!r}{did_you_mean(name, _BY_NAME)}")
-        elif mode not in key.modes:
-            typed[name] = value          # another script's key: the original reuses files
+        if name not in known:
+            problems.append(f"unknown key {name!r}{did_you_mean(name, known)}")
+        elif name not in own:
+            typed[name] = value          # another method's key: the original reuses files
         else:
             try:
-                typed[name] = _typed_value(key, value)
-            except _Problem as problem:
+                typed[name] = _typed_value(own[name], value)
+            except Problem as problem:
                 problems.append(str(problem))
-    for key in SCHEMA:
-        if mode not in key.modes or key.name in values:
+    for key in own.values():
+        if key.name in values:
             continue
         if key.default is REQUIRED:
-            problems.append(f"missing key {key.name!r} (required for {mode})")
+            problems.append(f"missing key {key.name!r} (required for {method.name})")
         elif key.default is not None:
             typed[key.name] = key.kind.parse(key.default)
     return typed, problems
 
 
-def _check_models(values, typed, mode):
+def _check_models(values, typed, method):
     """Problems of the named networks: unknown names, input size, options they need."""
     problems, reported = [], set()
     dataset = typed.get("dataset")
-    for key in SCHEMA:
-        if key.kind is not MODEL or mode not in key.modes or key.name not in typed:
+    for key in keys_of(method):
+        if key.kind is not MODEL or key.name not in typed:
             continue
         name = typed[key.name]
         try:
@@ -323,19 +203,28 @@ def _check_models(values, typed, mode):
     return problems
 
 
-def _build(values, mode, source, path, problems):
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
-    typed, key_problems = _check_keys(values, mode)
-    problems = list(problems) + key_problems + _check_models(values, typed, mode)
+def _check_script(method, script):
+    if script is not None and method.script != script:
+        return [f"method {method.name!r} runs with {method.script_file}, not "
+                f"{methods.SCRIPTS[script]}"]
+    return []
+
+
+def _build(values, script, source, path, problems):
+    if script is not None and script not in methods.SCRIPTS:
+        raise ValueError(f"script must be one of {', '.join(methods.SCRIPTS)}, not {script!r}")
+    method = methods.infer_method(values, script)
+    typed, key_problems = _check_keys(values, method)
+    problems = (list(problems) + key_problems + _check_script(method, script)
+                + _check_models(values, typed, method))
     if problems:
         raise ConfigError(f"{source}: {'; '.join(problems)}")
-    return Params(mode, path, typed)
+    return Params(method, path, typed)
 
 
-def params_from_dict(values, mode, source="<params>"):
+def params_from_dict(values, script=None, source="<params>"):
     """Params from an already parsed dict (tests, or a config assembled in code)."""
-    return _build(dict(values), mode, source, None, ())
+    return _build(dict(values), script, source, None, ())
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -375,21 +264,20 @@ def read_json(file):
         raise ConfigError(f"{file}: invalid JSON at line {error.lineno}, "
                           f"column {error.colno}: {error.msg}") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"{file}: top level must be a JSON object {{...}}, not {_show(values)}")
+        raise ConfigError(f"{file}: top level must be a JSON object {{...}}, not {show(values)}")
     return values, duplicates
 
 
-def load_params(path, mode, overrides=None):
-    """Read and validate `<path>/params.json` (or the json file `path`) for `mode`.
+def load_params(path, script=None, overrides=None):
+    """Read and validate `<path>/params.json` (or the json file `path`) for a run of `script`
+    ("scratch", "nasty", "kd"; None: whichever the file's keys say, as reproduce.py reads them).
 
-    `overrides` replaces keys before validation, e.g. command-line flags; a None value
+    `overrides` replaces keys before validation, e.g. command-line flags and `--set`; a None value
     means "flag not given" and is skipped. Raises ConfigError listing every problem.
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     file = _params_file(Path(path))
     values, duplicates = read_json(file)
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
-    return _build(values, mode, file, file, duplicates)
+    return _build(values, script, file, file, duplicates)

@@ -9,6 +9,7 @@ a user's mistake never ends in a traceback.
 """
 import argparse
 import fcntl
+import json
 import logging
 import logging.handlers
 import os
@@ -34,6 +35,32 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
+def parse_assignment(text):
+    """`KEY=VALUE` of --set: VALUE as JSON when it is JSON (0.06, [10, 20], true), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE (e.g. --set weight=0.06)")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+class SetAction(argparse.Action):
+    """--set KEY=VALUE, repeatable, into one dict (the last value of a key wins, as in a file)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        values = dict(getattr(namespace, self.dest, None) or {})
+        values[value[0]] = value[1]
+        setattr(namespace, self.dest, values)
+
+
+def add_set_flag(parser, what="params.json"):
+    parser.add_argument("--set", action=SetAction, type=parse_assignment, default={},
+                        metavar="KEY=VALUE", help=f"override a key of {what} (repeatable); "
+                        "checked by the same schema; the effective params are logged and saved")
+
+
 def script_parser(doc):
     """The flags every training script takes (the original's, plus --device and --data_dir)."""
     parser = OneLineParser(description=doc.split("\n\n")[0], epilog=doc.split("\n\n", 1)[-1],
@@ -53,6 +80,7 @@ def script_parser(doc):
                              "compile on a recent GPU); overrides those keys of params.json")
     parser.add_argument("--data_dir", default=None,
                         help="data root, overriding data_dir of params.json (default: data)")
+    add_set_flag(parser)
     return parser
 
 

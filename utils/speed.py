@@ -25,8 +25,11 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype or torch.float32,
                               enabled=self.dtype is not None)
 
-    def backward_step(self, loss, optimizer):
+    def backward_step(self, loss, optimizer, before_step=None):
+        """Backward, then `before_step()` (e.g. averaging gradients across ranks), then the step."""
         self.scaler.scale(loss).backward()
+        if before_step is not None:
+            before_step()
         self.scaler.step(optimizer)
         self.scaler.update()
 

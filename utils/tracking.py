@@ -1,48 +1,44 @@
 """Per-epoch records of a run: training.log lines (the original's wording), metrics.jsonl, tensorboard.
 
-    tracker = EpochLog(save_path, log, mode="nasty", start_epoch=0)
+    tracker = EpochLog(save_path, log, method.log_lines, ("loss", "ce", "kl"), start_epoch=0)
     tracker.record(epoch, lr, train_terms, test_metrics, best_state, new_best, seconds)
 
-metrics.jsonl has one JSON object per finished epoch; on resume, lines of epochs after the
-checkpoint are dropped so the file always describes the run that the checkpoints continue.
+Every loss term of the method is recorded as `train_<name>` in metrics.jsonl and as `train/<name>`
+in tensorboard; training.log has the lines the method names (the original's for scratch, nasty
+and kd). metrics.jsonl has one JSON object per finished epoch; on resume, lines of epochs after
+the checkpoint are dropped so the file always describes the run that the checkpoints continue.
 """
 import json
 import os
 from pathlib import Path
 
-# (key in the train terms, log label) per mode; nasty keeps the original's three lines
-TRAIN_LINES = {
-    "scratch": (("loss", "Train loss"),),
-    "kd": (("loss", "Train loss"), ("ce", "Train CE loss"), ("kl", "Train KD (KL) loss")),
-    "nasty": (("loss", "Train loss"), ("ce", "Train teacher loss"), ("kl", "Train adversarial loss")),
-}
-
 
 class EpochLog:
-    def __init__(self, save_path, log, mode, start_epoch=0):
-        self.log, self.mode = log, mode
+    def __init__(self, save_path, log, log_lines, term_names, start_epoch=0):
+        self.log, self.log_lines, self.term_names = log, log_lines, tuple(term_names)
         self.metrics_path = Path(save_path) / "metrics.jsonl"
         keep_epochs_up_to(self.metrics_path, start_epoch)
         self.writer = _tensorboard_writer(save_path, log)
 
     def record(self, epoch, lr, train, test, state, new_best, seconds):
-        for key, label in TRAIN_LINES[self.mode]:
+        for key, label in self.log_lines:
             self.log.info(f"- {label} : {train[key]:05.3f}")
         self.log.info(f"- Eval metrics : acc: {test['acc']:05.3f} ; loss: {test['loss']:05.3f}")
         if new_best:
             self.log.info("- New best model ")
         self.log.info(f"- So far best epoch: {state['best_epoch']}, best acc: {state['best_acc']:05.3f}")
         self.log.info(f"- Epoch time: {seconds:.1f}s")
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train["loss"], "train_ce": train["ce"],
-               "train_kl": train["kl"], "train_acc": train["acc"], "test_acc": test["acc"],
-               "test_loss": test["loss"], "new_best": new_best, "best_acc": state["best_acc"],
-               "best_epoch": state["best_epoch"], "seconds": round(seconds, 3)}
+        terms = {f"train_{name}": train[name] for name in self.term_names}
+        row = {"epoch": epoch + 1, "lr": lr, **terms, "train_acc": train["acc"],
+               "test_acc": test["acc"], "test_loss": test["loss"], "new_best": new_best,
+               "best_acc": state["best_acc"], "best_epoch": state["best_epoch"],
+               "seconds": round(seconds, 3)}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
         if self.writer is not None:
-            for key in ("train_loss", "train_ce", "train_kl", "train_acc", "test_acc", "test_loss", "lr"):
+            for key in (*terms, "train_acc", "test_acc", "test_loss", "lr"):
                 self.writer.add_scalar(key.replace("_", "/", 1), row[key], epoch + 1)
             self.writer.flush()
 
