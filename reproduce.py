@@ -5,10 +5,12 @@ write results.md, results.json and the figures into the tree.
     python reproduce.py experiments/CIFAR10 --dry-run      # the plan: order, what is done, what resumes
     python reproduce.py experiments/Digits --seeds 0 1 2   # every stage per seed, in <stage>/seed_<s>/
     python reproduce.py experiments/CIFAR10 --nproc 4      # every stage on 4 GPUs (torchrun)
+    python reproduce.py experiments/Digits --set num_epochs=5          # a key, where a method has it
+    python reproduce.py experiments/Digits --sweep weight=0.02,0.04,0.06,0.08   # the chain per value
 
 Every params.json below the folder is a stage, trained by the script its keys call for
 (adversarial_resume: train_nasty.py, teacher_resume: train_kd.py, else train_scratch.py) after the
-stage whose checkpoint it reads. Finished runs are skipped and started ones resume, so the same
+stage whose checkpoint it reads (a `method` key names another method of methods/). Finished runs are skipped and started ones resume, so the same
 command continues an interrupted reproduction. A stage that fails is reported with its log and
 stops only the stages that need it; the exit status is then 1.
 """
@@ -16,12 +18,13 @@ import argparse
 from pathlib import Path
 
 from utils.errors import ConfigError, NastyError
-from utils.figures import add_figures
-from utils.pipeline import describe_plan, make_plan
-from utils.progress import Progress
-from utils.report import collect, write_report
-from utils.runner import Interrupted, SubprocessRunner, execute
-from utils.runtime import OneLineParser, run_script
+from repro.figures import add_figures
+from repro.pipeline import describe_plan, make_plan
+from repro.progress import Progress
+from repro.report import collect, write_report
+from repro.runner import Interrupted, SubprocessRunner, execute
+from repro.sweep import collect_sweep, sweep_plan, write_sweep_report
+from utils.runtime import OneLineParser, add_set_flag, run_script
 
 
 def parse(argv):
@@ -37,6 +40,11 @@ def parse(argv):
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="passed to every script")
     parser.add_argument("--data_dir", help="data root, passed to every script")
     parser.add_argument("--fast", action="store_true", help="passed to every script (speed switches)")
+    add_set_flag(parser, "every config whose method has the key")
+    parser.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                        help="train the stages whose method has KEY, and the stages that need "
+                             "them, once per value in <folder>/sweep_<KEY>/; the table and plot "
+                             "go there (see repro/sweep.py)")
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="train every stage with N processes of this machine under torchrun "
                              "(one per GPU; batch_size stays the global batch)")
@@ -56,21 +64,35 @@ def main(argv=None):
         args.data_dir = str(Path(args.data_dir).resolve())
     if args.nproc < 1:
         raise ConfigError(f"--nproc {args.nproc}: give 1 or more processes")
-    plan = make_plan(args.folder, args.seeds)
+    plan = make_plan(args.folder, args.seeds, args.set)
+    if args.sweep:
+        plan = sweep_plan(plan, args.sweep, args.set)
     print(describe_plan(plan), flush=True)
     if args.dry_run:
         return
     try:
         outcomes = execute(plan, SubprocessRunner(plan.base, script_flags(args), args.nproc), Progress())
-        results = collect(plan, outcomes)
-        if not args.no_figures:
-            add_figures(plan, results, args.data_dir)
+        written = report_sweep(plan, outcomes, args) if plan.sweep else report(plan, outcomes, args)
     except KeyboardInterrupt:  # outside a script (those are handled by the runner)
         raise Interrupted("interrupted; run the same command again to continue") from None
-    print("\n" + write_report(plan, results), flush=True)
-    print(f"Written: {plan.root / 'results.md'}, {plan.root / 'results.json'}"
-          + "".join(f", {plan.root / name}" for g in results["groups"] for name in g["figures"]))
+    print("Written: " + ", ".join(map(str, written)))
     check_outcomes(outcomes)
+
+
+def report(plan, outcomes, args):
+    results = collect(plan, outcomes)
+    if not args.no_figures:
+        add_figures(plan, results, args.data_dir)
+    print("\n" + write_report(plan, results), flush=True)
+    return [plan.root / "results.md", plan.root / "results.json",
+            *(plan.root / name for g in results["groups"] for name in g["figures"])]
+
+
+def report_sweep(plan, outcomes, args):
+    results = collect_sweep(plan, outcomes)
+    print("\n" + write_sweep_report(plan, results, draw=not args.no_figures), flush=True)
+    folder = plan.sweep.folder
+    return [folder / "results.md", folder / "results.json", *(folder / n for n in results["figures"])]
 
 
 def check_outcomes(outcomes):

@@ -10,71 +10,19 @@ import subprocess
 import sys
 
 import pytest
+
+import methods
 from PIL import Image
 
 import reproduce
 from conftest import ROOT
+from configs import KD, NASTY, TINY as NET, FakeRunner, fake_train, paper_tree, quiet, write_config  # noqa: F401
 from utils.checkpoint import save_checkpoint
 from utils.errors import ConfigError, NastyError
-from utils.pipeline import (find_config_folders, make_plan, run_status, seed_config,
-                            write_seed_config)
-from utils.progress import Progress
-from utils.runner import Outcome, execute
+from repro.pipeline import find_config_folders, make_plan, run_config, run_status, write_run_config
+from repro.progress import Progress
+from repro.runner import Outcome, execute
 from utils.tracking import read_metrics
-
-NET = {"model_name": "net", "num_channels": 4, "dropout_rate": 0.0, "learning_rate": 1e-3,
-       "schedule": [999], "gamma": 0.1, "batch_size": 128, "num_epochs": 1, "num_workers": 0,
-       "augmentation": 1, "cuda": 0, "dataset": "digits"}
-KD = {"teacher_model": "net", "temperature": 4, "alpha": 0.9}
-NASTY = {"adversarial_model": "net", "temperature": 4, "weight": 0.04}
-
-
-def write_config(folder, **values):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.json").write_text(json.dumps({**NET, **values}, indent=2))
-    return folder
-
-
-def paper_tree(root, ref_base, epochs=1):
-    """The paper's five stages, named so that alphabetical order is the wrong order; checkpoint
-    paths are written relative to `ref_base`, as the published ones are to the project root."""
-    def ref(stage):
-        return (root / stage / "best_model.tar").relative_to(ref_base).as_posix()
-    write_config(root / "a_kd_nasty" / "student", num_epochs=epochs, **KD,
-                 teacher_resume=ref("b_nasty/teacher"))
-    write_config(root / "a_kd_normal" / "student", num_epochs=epochs, **KD,
-                 teacher_resume=ref("z_base/teacher"))
-    write_config(root / "b_nasty" / "teacher", num_epochs=epochs, **NASTY,
-                 adversarial_resume=ref("z_base/teacher"))
-    write_config(root / "z_base" / "teacher", num_epochs=epochs)
-    write_config(root / "z_base" / "student", num_epochs=epochs)
-    return root
-
-
-def fake_train(run, best_acc, epochs=None):
-    """What a finished run leaves: metrics rows, best_model.tar and last_model.tar."""
-    epochs = run.stage.params.num_epochs if epochs is None else epochs
-    run.folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"epoch": e, "test_acc": best_acc - (epochs - e), "best_acc": best_acc - (epochs - e),
-             "best_epoch": e, "seconds": 1.5} for e in range(1, epochs + 1)]
-    (run.folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for name in ("best_model.tar", "last_model.tar"):
-        save_checkpoint(run.folder / name, {"epoch": epochs, "state_dict": {}})
-
-
-class FakeRunner:
-    """Stands in for the scripts: 'trains' with known accuracies, fails the stages named."""
-
-    def __init__(self, accuracy, fail=()):
-        self.accuracy, self.fail, self.calls = accuracy, set(fail), []
-
-    def __call__(self, run, status, progress):
-        self.calls.append((run.stage.name, run.seed, status.state, status.epoch))
-        if run.stage.name in self.fail:
-            return Outcome("failed", 1, 0.5, str(run.folder / "reproduce.log"), "error: boom")
-        fake_train(run, self.accuracy(run))
-        return Outcome("ran", 0, 0.5, str(run.folder / "reproduce.log"))
-
 
 ACCURACY = {"z_base/teacher": 95.0, "z_base/student": 90.0, "b_nasty/teacher": 94.0,
             "a_kd_normal/student": 91.0, "a_kd_nasty/student": 80.0}
@@ -84,17 +32,13 @@ def by_stage(run):
     return ACCURACY[run.stage.name] + (run.seed or 0)
 
 
-def quiet():
-    return Progress(stream=open("/dev/null", "w"), live=False)
-
-
 # ----------------------------------------------------------------------------- the plan
 
 def test_order_follows_the_checkpoints_not_the_names(tmp_path):
     plan = make_plan(paper_tree(tmp_path / "tree", tmp_path))
     assert [s.name for s in plan.stages] == ["z_base/teacher", "z_base/student", "b_nasty/teacher",
                                              "a_kd_normal/student", "a_kd_nasty/student"]
-    assert {s.name: (s.mode, s.parent) for s in plan.stages} == {
+    assert {s.name: (s.method.name, s.parent) for s in plan.stages} == {
         "z_base/teacher": ("scratch", None), "z_base/student": ("scratch", None),
         "b_nasty/teacher": ("nasty", "z_base/teacher"),
         "a_kd_normal/student": ("kd", "z_base/teacher"),
@@ -119,11 +63,11 @@ def test_published_trees_plan_teachers_then_nasty_then_students():
         position = {s.name: i for i, s in enumerate(plan.stages)}
         for stage in plan.stages:
             assert stage.parent is None or position[stage.parent] < position[stage.name]
-        modes = [s.mode for s in plan.stages]
+        modes = [s.method.name for s in plan.stages]
         last_nasty = max(i for i, m in enumerate(modes) if m == "nasty")
         assert set(modes[:modes.index("nasty")]) == {"scratch"}
         from_nasty = [position[s.name] for s in plan.stages
-                      if s.mode == "kd" and plan.stage(s.parent).mode == "nasty"]
+                      if s.method.name == "kd" and plan.stage(s.parent).method.name == "nasty"]
         assert min(from_nasty) > last_nasty
 
 
@@ -172,12 +116,12 @@ def test_seed_runs_read_their_own_seeds_teacher(tmp_path):
                                                                 ("z_base/student", 0)]
     assert len(plan.runs) == 12 and plan.runs[6].seed == 2  # seed by seed
     run = next(r for r in plan.runs if r.stage.name == "a_kd_nasty/student" and r.seed == 2)
-    write_seed_config(run)
+    write_run_config(run, plan.base)
     written = json.loads((tree / "a_kd_nasty" / "student" / "seed_2" / "params.json").read_text())
     assert written == {**NET, **KD, "seed": 2,
                        "teacher_resume": "tree/b_nasty/teacher/seed_2/best_model.tar"}
     external = next(r for r in plan.runs if r.stage.name == "c_external/student")
-    assert seed_config(external)["teacher_resume"] == str(teacher)  # one external teacher for all
+    assert run_config(external, plan.base)["teacher_resume"] == str(teacher)  # one external teacher for all
     # the per-seed copies are runs, not new stages
     assert len(find_config_folders(tree)) == 6 and len(make_plan(tree, seeds=[0, 2]).stages) == 6
 
@@ -290,7 +234,7 @@ def test_progress_shows_position_stage_and_epoch():
     import io
     stream = io.StringIO()
     plan_run = type("R", (), {"label": "base/t [seed 1]", "folder": ROOT,
-                              "stage": type("S", (), {"mode": "scratch",
+                              "stage": type("S", (), {"method": methods.get_method("scratch"),
                                                       "params": type("P", (), {"model_name": "net"})})})
     progress = Progress(stream=stream, live=True)
     progress.begin(5)
@@ -426,8 +370,8 @@ def test_a_real_failure_names_its_log_and_keeps_the_rest(digits_chain, tmp_path,
 
 
 def test_without_matplotlib_the_table_stays_and_says_why(digits_chain, monkeypatch):
-    from utils import figures
-    from utils.report import collect, render
+    from repro import figures
+    from repro.report import collect, render
     monkeypatch.setattr(figures, "pyplot", lambda: None)
     plan = make_plan(digits_chain)
     results = collect(plan, {})
@@ -440,8 +384,8 @@ def test_without_matplotlib_the_table_stays_and_says_why(digits_chain, monkeypat
 
 
 def test_a_figure_that_breaks_is_a_note_not_a_lost_table(digits_chain, monkeypatch):
-    from utils import figures
-    from utils.report import collect, render
+    from repro import figures
+    from repro.report import collect, render
 
     def broken(*args, **kwargs):
         raise ValueError("bad axes")
