@@ -306,14 +306,28 @@ def run_status(run):
     if not last.is_file():
         return Status("new", 0, total)
     try:
-        epoch = int(load_checkpoint(last).get("epoch", 0))
+        checkpoint = load_checkpoint(last)
     except NastyError:  # damaged: the script's --resume auto names the problem
         return Status("resume", 0, total)
+    epoch = int(checkpoint.get("epoch", 0))
+    if changed_keys(run, checkpoint):
+        return Status("changed", epoch, total)
     finished = epoch >= total and (run.folder / "best_model.tar").is_file()
     return Status("done" if finished else "resume", epoch, total)
 
 
+def changed_keys(run, checkpoint):
+    """'key: trained with A, now B' for each --set key whose value the run was trained without
+    (num_epochs aside: more epochs resume). Checkpoints without saved params cannot tell."""
+    saved = checkpoint.get("params") or {}
+    return [f"{key}: trained with {saved[key]!r}, now {value!r}"
+            for key, value in run.overrides.items()
+            if key != "num_epochs" and key in saved and saved[key] != value]
+
+
 def status_text(status):
+    if status.state == "changed":
+        return "trained with other values of the --set keys"
     if status.state == "done":
         return f"done ({status.epoch}/{status.num_epochs} epochs)"
     if status.state == "resume":

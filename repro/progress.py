@@ -76,6 +76,8 @@ class Progress:
             return f"finished earlier, skipped{best}"
         if outcome.state == "ran":
             return f"ran in {outcome.seconds:.0f} s{best}"
+        if outcome.state == "failed" and outcome.log is None:  # refused before it started
+            return f"not trained: {outcome.message}"
         if outcome.state == "failed":
             return (f"failed ({exit_text(outcome.exit_code)}), log: {outcome.log}"
                     + (f"\n    {outcome.message}" if outcome.message else ""))

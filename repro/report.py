@@ -269,7 +269,9 @@ def render_problems(results):
     for name, stage in results["stages"].items():
         for run in stage["runs"]:
             label = f"`{name}`" + ("" if results["seeds"] is None else f" [seed {run['seed']}]")
-            if run["state"] == "failed":
+            if run["state"] == "failed" and run["log"] is None:
+                lines.append(f"- {label} not trained: {run['message']}")
+            elif run["state"] == "failed":
                 lines.append(f"- {label} failed ({exit_text(run['exit_code'])}), log: {run['log']}"
                              + (f": {run['message']}" if run["message"] else ""))
             elif run["state"] in ("skipped", "not run"):

@@ -19,7 +19,8 @@ from typing import NamedTuple, Optional
 
 from utils.errors import Interrupted  # noqa: F401 (reproduce.py's Ctrl-C error too)
 from utils.tracking import read_jsonl
-from .pipeline import PROJECT_ROOT, run_status, write_run_config
+from utils.checkpoint import load_checkpoint
+from .pipeline import PROJECT_ROOT, changed_keys, run_status, write_run_config
 
 LOG_NAME = "reproduce.log"
 ATTEMPTS_NAME = "reproduce.jsonl"
@@ -58,6 +59,10 @@ def execute_one(plan, run, runner, progress, outcomes):
     status = run_status(run)
     if status.state == "done":
         return Outcome("done")
+    if status.state == "changed":  # never overwrite a finished run with other settings silently
+        changes = "; ".join(changed_keys(run, load_checkpoint(run.folder / "last_model.tar")))
+        return Outcome("failed", message=f"{run.folder} was {changes}: delete its last_model.tar "
+                       "to retrain it, or use --sweep, which trains in folders of its own")
     progress.start(run, status)
     return runner(run, status, progress)
 

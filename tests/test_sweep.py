@@ -121,3 +121,24 @@ def test_a_real_sweep_end_to_end(tmp_path, capsys):
     reproduce.main([str(tree), "--device", "cpu", "--sweep", "weight=0,0.5"])
     assert "0 of 7 runs to train" in capsys.readouterr().out
     assert len(make_plan(tree).stages) == 5
+
+
+def test_a_finished_run_is_not_silently_kept_when_set_changes_it(tmp_path, capsys):
+    from configs import fake_train
+    from utils.checkpoint import save_checkpoint
+    tree = paper_tree(tmp_path / "tree", tmp_path)
+    plan = make_plan(tree)
+    for run in plan.runs:  # trained with the configs' own values, params saved as the scripts do
+        fake_train(run, 90.0)
+        for name in ("best_model.tar", "last_model.tar"):
+            save_checkpoint(run.folder / name, {"epoch": 1, "state_dict": {},
+                                                "params": {**run.stage.params.as_dict()}})
+    outcomes = execute(make_plan(tree, overrides={"alpha": 0.5}), FakeRunner(lambda r: 1.0), quiet())
+    states = {key[0]: o.state for key, o in outcomes.items()}
+    assert states == {NAMES["teacher"]: "done", NAMES["alone"]: "done", NAMES["nasty"]: "done",
+                      NAMES["normal_student"]: "failed", NAMES["nasty_student"]: "failed"}
+    message = outcomes[NAMES["normal_student"], None].message
+    assert "alpha: trained with 0.9, now 0.5: delete its last_model.tar" in message
+    # more epochs are not a change of recipe: the run resumes
+    plan = make_plan(tree, overrides={"num_epochs": 2})
+    assert {o.state for o in execute(plan, FakeRunner(lambda r: 1.0), quiet()).values()} == {"ran"}
