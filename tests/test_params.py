@@ -11,7 +11,21 @@ from utils.params import COMMON, DATASETS, all_keys, describe, load_params, para
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 ALL_CONFIGS = sorted(EXPERIMENTS.rglob("params.json"))
-PUBLISHED = [p for p in ALL_CONFIGS if p.relative_to(EXPERIMENTS).parts[0] != "Digits"]
+# folders of the follow-up papers' configs (experiments/FOLLOWUPS.md), beside the original's
+FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_")
+# per-seed and per-sweep runs that reproduce.py writes below a stage
+GENERATED_PREFIXES = ("seed_", "sweep_")
+
+
+def _is_original(file):
+    """One of the original release's 60 files: not under experiments/Digits*, not in a follow-up
+    folder, not a copy reproduce.py generated."""
+    parts = file.relative_to(EXPERIMENTS).parts
+    return not parts[0].startswith("Digits") and not any(
+        part.startswith(FOLLOW_UP_PREFIXES + GENERATED_PREFIXES) for part in parts[1:-1])
+
+
+PUBLISHED = [p for p in ALL_CONFIGS if _is_original(p)]
 
 
 def _published(relative):
@@ -424,7 +438,9 @@ def test_schema_rows_are_complete_and_unique():
     assert len(names) == len(set(names))
     for key in all_keys().values():
         assert key.why and key.kind
-    assert methods.method_keys()["temperature"][1] == ["nasty", "kd"]
+    # one row shared by every method with soft labels (registration order: the original's three,
+    # then the other modules of methods/ alphabetically)
+    assert methods.method_keys()["temperature"][1] == ["nasty", "kd", "skeptical"]
 
 
 def test_params_from_dict_and_describe():

@@ -30,10 +30,35 @@ def test_requirements_name_what_the_project_imports():
     assert (ROOT / "requirements-dev.txt").read_text().split() == ["pytest"]
 
 
+EXPERIMENTS = ROOT / "experiments"
+# the follow-up papers' configs (experiments/FOLLOWUPS.md): stingy teacher, skeptical student
+FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_")
+GENERATED_PREFIXES = ("seed_", "sweep_")  # reproduce.py's per-seed and per-sweep runs
+
+
+def _folders(file):
+    """The folders of a params.json below experiments/, its tree first."""
+    return file.relative_to(EXPERIMENTS).parts[:-1]
+
+
+def _is_generated(file):
+    return any(part.startswith(GENERATED_PREFIXES) for part in _folders(file)[1:])
+
+
+def _is_follow_up(file):
+    return not _is_generated(file) and any(part.startswith(FOLLOW_UP_PREFIXES)
+                                           for part in _folders(file)[1:])
+
+
+def _original_configs():
+    """The original release's 60 files: not under experiments/Digits*, not in a follow-up folder."""
+    return sorted(p for p in EXPERIMENTS.rglob("params.json")
+                  if not _folders(p)[0].startswith("Digits") and not _is_generated(p)
+                  and not _is_follow_up(p))
+
+
 def test_published_experiments_are_all_present():
-    found = sorted(p.relative_to(ROOT / "experiments").parent.as_posix()
-                   for p in (ROOT / "experiments").rglob("params.json")
-                   if "Digits" not in p.parts and not p.parent.name.startswith("seed_"))
+    found = [p.relative_to(EXPERIMENTS).parent.as_posix() for p in _original_configs()]
     assert len(found) == 60
     assert {f.split("/")[0] for f in found} == {"CIFAR10", "CIFAR100", "TinyImageNet"}
     assert "CIFAR10/kd_nasty_resnet18/nasty_resnet18" in found
@@ -44,18 +69,68 @@ def test_experiments_are_byte_identical_to_the_published_ones_when_the_reference
     reference = ROOT.parent / "shared" / "reference" / "original_experiments"
     if not reference.is_dir():
         pytest.skip("../shared/reference is not beside this clone")
-    for original in reference.rglob("params.json"):
-        ours = ROOT / "experiments" / original.relative_to(reference)
+    originals = sorted(reference.rglob("params.json"))
+    assert sorted(p.relative_to(reference) for p in originals) == \
+        [p.relative_to(EXPERIMENTS) for p in _original_configs()]
+    for original in originals:
+        ours = EXPERIMENTS / original.relative_to(reference)
         assert ours.read_bytes() == original.read_bytes(), ours
+
+
+STINGY_RATIO = {"cifar10": 0.2, "cifar100": 0.1}  # HowieMa/stingy-teacher's configs
+
+
+def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
+    import json
+
+    from utils.params import load_params
+
+    follow_ups = sorted(p for p in EXPERIMENTS.rglob("params.json") if _is_follow_up(p))
+    groups = {}
+    for file in follow_ups:
+        tree, group = _folders(file)[:2]
+        groups.setdefault(f"{tree}/{group}", []).append(file.parent.name)
+    assert groups == {
+        "CIFAR10/kd_stingy_resnet18": ["cnn", "preresnet20", "preresnet32", "resnet18"],
+        "CIFAR100/kd_stingy_resnet18": ["mobilenetv2", "resnet18", "shufflenetv2"],
+        "CIFAR100/kd_stingy_resnet50": ["mobilenetv2", "resnet18", "resnet50"],
+        "CIFAR100/kd_stingy_resnext29": ["mobilenetv2", "resnet18", "resnext29", "shufflenetv2"],
+        "CIFAR10/skeptical_nasty_resnet18": ["mobilenetv2", "resnet18", "resnet50"],
+        "CIFAR100/skeptical_nasty_resnet18": ["mobilenetv2", "resnet18", "resnet50"],
+        "CIFAR100/skeptical_nasty_resnet50": ["mobilenetv2", "resnet18", "resnet50"]}
+    for file in follow_ups:
+        params = load_params(file.parent)
+        tree, group = _folders(file)[:2]
+        resume = params.teacher_resume
+        # a stage of its own tree: experiments/<tree>/<group>/<net>/best_model.tar, with a config
+        assert resume.startswith(f"experiments/{tree}/"), file
+        assert resume.endswith("/best_model.tar"), file
+        teacher = ROOT / resume
+        assert (teacher.parent / "params.json").is_file(), (file, resume)
+        assert not _is_follow_up(teacher.parent / "params.json"), (file, resume)
+        teacher_config = json.loads((teacher.parent / "params.json").read_text())
+        assert teacher_config["model_name"] == params.teacher_model, file
+        assert teacher_config["dataset"] == params.dataset, file
+        if group.startswith("kd_stingy_"):
+            assert params.method == "kd" and "adversarial_resume" not in teacher_config, file
+            assert resume == f"experiments/{tree}/baseline/{params.teacher_model}/best_model.tar"
+            assert params.teacher_output == "sparse", file
+            assert params.sparse_ratio == STINGY_RATIO[params.dataset], file
+            assert (params.temperature, params.alpha) == (20, 0.9), file
+        else:
+            # the student distils from a nasty teacher of the same tree
+            assert params.method == "skeptical" and "adversarial_resume" in teacher_config, file
+            assert params.teacher_output == "logits", file
 
 
 def test_digits_chain_is_complete_and_points_at_its_own_runs():
     from utils.params import load_params
 
     digits = ROOT / "experiments" / "Digits"
-    # seed_<s>/ folders are reproduce.py's per-seed runs, not configs
+    # seed_<s>/ and sweep_<key>/ folders are reproduce.py's generated runs, not configs
     folders = {p.parent.relative_to(digits).as_posix() for p in digits.rglob("params.json")
-               if not p.parent.name.startswith("seed_")}
+               if not any(part.startswith(GENERATED_PREFIXES)
+                          for part in p.relative_to(digits).parts[:-1])}
     assert folders == {"baseline/preresnet20", "baseline/cnn", "kd_normal_preresnet20/cnn",
                        "kd_nasty_preresnet20/nasty_preresnet20", "kd_nasty_preresnet20/cnn"}
     modes = {"baseline": "scratch", "nasty_preresnet20": "nasty"}
