@@ -87,6 +87,7 @@ class Method:
     implied_by: Optional[str] = None  # configs without a 'method' key: a key that selects this one
     on_start: Optional[Callable] = None  # on_start(run, frozen): e.g. log the teacher's accuracy
     diverged_hint: str = ""          # what else to lower when the loss diverges
+    check: Optional[Callable] = None  # check(typed values) -> [problems] across keys, e.g. k >= 1
 
     @property
     def script_file(self):

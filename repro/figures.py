@@ -14,12 +14,14 @@ Per normal teacher (with `<model>` its network, e.g. preresnet20):
                        the band spans the seeds' lowest to highest).
 The teachers run on the CPU over at most COMPARE_LIMIT test images, the same number per class.
 """
+import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from utils.data import build_loaders
+from .matrix import draw_matrix
 from utils.errors import NastyError
 from utils.networks import load_frozen
 from utils.params import load_params
@@ -268,3 +270,11 @@ def add_figures(plan, results, data_dir=None, draw=True):
             results["notes"].append(f"no teacher comparison for {name}: {error}")
         except Exception as error:  # a figure is never a reason to lose the table
             results["notes"].append(f"no figures for {name}: {type(error).__name__}: {error}")
+    for record in results.get("matrices", []) if plt else []:
+        student = re.sub(r"[^A-Za-z0-9]+", "", record["student"])  # "net (4 ch.)" -> net4ch
+        name = unique_name(f"attacks_{record['teacher_model']}_{student}", used)
+        try:
+            draw_matrix(plt, plan.root / f"{name}.png", record)
+            record["figures"].append(f"{name}.png")
+        except Exception as error:  # a figure is never a reason to lose the table
+            results["notes"].append(f"no heat map {name}: {type(error).__name__}: {error}")

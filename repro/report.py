@@ -15,7 +15,7 @@ import json
 from collections import Counter
 from typing import NamedTuple, Optional
 
-from methods import DEFENDED_TEACHER, STUDENT, TEACHER
+from methods import DEFENDED_TEACHER, TEACHER
 from .pipeline import run_status
 from .runner import exit_text, read_attempts
 from utils.provenance import git_commit
@@ -88,9 +88,13 @@ def collect(plan, outcomes):
             "checkpoint": None if stage.checkpoint is None else str(stage.checkpoint),
             "temperature": stage.params.temperature, "runs": runs,
             "best_acc": stats([r["best_acc"] for r in runs]), "params": params}
-    groups = [group_record(g, stages, plan) for g in find_groups(plan.stages)]
+    from .matrix import find_matrices, matrix_record  # it builds on this module's helpers
+    groups = [group_record(g, stages, plan) for g in find_groups(plan.stages)
+              if g.columns or not find_matrices(plan.stages)]
+    matrices = [matrix_record(m, stages) for m in find_matrices(plan.stages)]
     return {"folder": str(plan.root), "seeds": plan.seeds, "accuracy": ACCURACY_NOTE,
-            "git_commit": git_commit(), "stages": stages, "groups": groups, "notes": []}
+            "git_commit": git_commit(), "stages": stages, "groups": groups, "matrices": matrices,
+            "notes": []}
 
 
 # ----------------------------------------------------------------------------- groups
@@ -129,7 +133,7 @@ def student_columns(stages, teacher, nasty):
     roles = {stage.name: role for stage, role in ((teacher, "normal"), (nasty, "nasty")) if stage}
     cells, labels = {}, {}
     for student in stages:
-        role = roles.get(student.parent) if student.method.role == STUDENT else None
+        role = roles.get(student.parent) if is_paper_student(student) else None
         if role is None:
             continue
         key = (model_key(student), student.params.temperature, student.params.alpha)
@@ -145,6 +149,12 @@ def student_columns(stages, teacher, nasty):
         columns.append(Column(label, alone_stage(stages, student, teacher), cell.get("normal"),
                               cell.get("nasty")))
     return columns
+
+
+def is_paper_student(stage):
+    """A student of the paper's table: plain KD from the teacher's own logits (the other strategies
+    and defences go to the defence x strategy matrix, repro/matrix.py)."""
+    return stage.method.name == "kd" and (stage.params.teacher_output or "logits") == "logits"
 
 
 def alone_stage(stages, student, teacher):
@@ -290,6 +300,9 @@ def render(results):
              "network trained alone.", ""]
     for group in results["groups"]:
         lines += render_group(group, seeds)
+    from .matrix import render_matrix  # it builds on this module's helpers
+    for record in results.get("matrices", []):
+        lines += render_matrix(record, seeds)
     lines += render_stages(results) + render_problems(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -300,3 +313,4 @@ def write_report(plan, results):
     text = render(results)
     (plan.root / "results.md").write_text(text, encoding="utf-8")
     return text
+

@@ -217,6 +217,8 @@ def _build(values, script, source, path, problems):
     typed, key_problems = _check_keys(values, method)
     problems = (list(problems) + key_problems + _check_script(method, script)
                 + _check_models(values, typed, method))
+    if method.check and not problems:  # checks across keys need every key valid first
+        problems += method.check(typed)
     if problems:
         raise ConfigError(f"{source}: {'; '.join(problems)}")
     return Params(method, path, typed)
