@@ -1,8 +1,12 @@
 """Configs and helpers the tests share: a tiny digits run, the paper's five stages as a tree, fake
 training for plan tests.
 
-    from configs import TINY, write_config, paper_tree
+    from configs import TINY, TINY8, write_config, paper_tree
     folder = write_config(tmp_path / "run", num_epochs=2)       # TINY with changes, as params.json
+    folder = write_config(tmp_path / "run", TINY8, num_epochs=3)  # another base, with changes
+
+Test files state only how their runs differ from TINY: a variant here when several files share it,
+else a dict of their own built from TINY (`{**TINY, "batch_size": 256}`).
 """
 import json
 
@@ -15,11 +19,15 @@ TINY = {"model_name": "net", "num_channels": 4, "dropout_rate": 0.0, "learning_r
         "augmentation": 1, "cuda": 0, "dataset": "digits"}
 KD = {"teacher_model": "net", "temperature": 4, "alpha": 0.9}
 NASTY = {"adversarial_model": "net", "temperature": 4, "weight": 0.04}
+# 8 channels: the width the script, reliability, bad-input, kill and torchrun tests were written,
+# timed and checked with (their checkpoints are built at this width)
+TINY8 = {**TINY, "num_channels": 8}
 
 
-def write_config(folder, **values):
+def write_config(folder, base=TINY, /, **values):
+    """`base` (TINY unless given) with `values` changed, as folder/params.json; returns folder."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.json").write_text(json.dumps({**TINY, **values}, indent=2))
+    (folder / "params.json").write_text(json.dumps({**base, **values}, indent=2))
     return folder
 
 

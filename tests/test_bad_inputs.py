@@ -2,7 +2,6 @@
 
 Exit 2: usage and configuration errors; exit 1: runtime errors (checkpoints, data, divergence).
 """
-import json
 import os
 import subprocess
 import sys
@@ -11,15 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
+import configs
 import nets
+from configs import TINY8, write_config
 from conftest import ROOT
 from datagen import make_cifar
 from utils.checkpoint import save_checkpoint
 
-GOOD = {"model_name": "net", "num_channels": 8, "dropout_rate": 0.0, "learning_rate": 1e-3,
-        "schedule": [999], "gamma": 0.1, "batch_size": 128, "num_epochs": 1, "num_workers": 0,
-        "augmentation": 1, "cuda": 0, "dataset": "digits"}
-KD = {**GOOD, "teacher_model": "net", "temperature": 4, "alpha": 0.9}
+GOOD = TINY8  # 8 channels, as the teacher checkpoints built below
+KD = {**GOOD, **configs.KD}
 
 
 def _checkpoint(path, name, num_classes, **options):
@@ -124,7 +123,7 @@ def test_bad_input_gives_one_line_and_touches_nothing(tmp_path, files, index):
     run = tmp_path / "run"
     run.mkdir()
     if isinstance(params, dict):
-        (run / "params.json").write_text(json.dumps(params))
+        write_config(run, params)
     elif isinstance(params, str):
         (run / "params.json").write_text(params)
     (run / "training.log").write_text("an earlier run\n")

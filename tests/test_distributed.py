@@ -1,6 +1,5 @@
 """torchrun / DistributedDataParallel on CPU with Gloo: sharding, identical ranks, rank-0 writes,
 resume across world sizes, an elastic restart after a killed rank, and a two-"node" rendezvous."""
-import json
 import os
 import signal
 import socket
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 import nets
+from configs import KD, NASTY, TINY8, write_config
 from conftest import ROOT
 from utils.augment import CropFlip
 from utils.checkpoint import load_checkpoint, load_weights
@@ -27,10 +27,10 @@ from utils.params import params_from_dict
 from utils.runtime import select_device
 from utils.tracking import read_metrics
 
-BASE = {"learning_rate": 1e-3, "schedule": [999], "gamma": 0.1, "batch_size": 100,
-        "num_epochs": 2, "num_workers": 0, "augmentation": 1, "cuda": 0, "dataset": "digits"}
-NET = dict(BASE, model_name="net", num_channels=8, dropout_rate=0.0)
-MLP = dict(BASE, model_name="mlp")
+# two epochs in global batches of 100: 15 steps an epoch on the 1438 digits, 50 images a rank
+NET = {**TINY8, "batch_size": 100, "num_epochs": 2}
+MLP = {k: v for k, v in {**NET, "model_name": "mlp"}.items()
+       if k not in ("num_channels", "dropout_rate")}  # without the keys of the `net` CNN
 
 
 # ----------------------------------------------------------------------------- in one process
@@ -218,12 +218,6 @@ def _single(script, folder, *extra):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def _run_dir(path, values):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "params.json").write_text(json.dumps(values))
-    return path
-
-
 def _parameter_part(vectors, model):
     """Split the probe's flat state vectors into the parameters only (buffers are per rank)."""
     names = [n for n, _ in model.named_parameters()]
@@ -240,7 +234,7 @@ def probes(tmp_path_factory):
     runs = {}
     for name, values in (("mlp", MLP), ("net", NET)):
         for nproc in (1, 2):
-            folder = _run_dir(root / f"{name}{nproc}", values)
+            folder = write_config(root / f"{name}{nproc}", values)
             if nproc == 1:
                 _single("tests/ddp_probe.py", folder)
             else:
@@ -280,13 +274,13 @@ def test_global_batch_split_stays_close_to_one_process_with_batch_norm(probes):
 def chain(tmp_path_factory):
     """scratch -> nasty -> kd, each with 2 ranks."""
     root = tmp_path_factory.mktemp("ddp_chain")
-    teacher = _run_dir(root / "teacher", NET)
+    teacher = write_config(root / "teacher", NET)
     logs = {"teacher": _torchrun("train_scratch.py", teacher)}
-    nasty = _run_dir(root / "nasty", dict(NET, num_epochs=1, adversarial_model="net", temperature=4,
-                                          weight=0.04, adversarial_resume=str(teacher / "best_model.tar")))
+    nasty = write_config(root / "nasty", NET, num_epochs=1, **NASTY,
+                         adversarial_resume=str(teacher / "best_model.tar"))
     logs["nasty"] = _torchrun("train_nasty.py", nasty)
-    student = _run_dir(root / "student", dict(NET, num_epochs=1, teacher_model="net", temperature=4,
-                                              alpha=0.9, teacher_resume=str(nasty / "best_model.tar")))
+    student = write_config(root / "student", NET, num_epochs=1, **KD,
+                           teacher_resume=str(nasty / "best_model.tar"))
     logs["student"] = _torchrun("train_kd.py", student)
     return {"teacher": teacher, "nasty": nasty, "student": student, "logs": logs}
 
@@ -322,11 +316,11 @@ def test_sharded_evaluation_is_exact_accuracy_of_the_checkpoint(chain):
 
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
 def test_resume_across_world_sizes(tmp_path, first, second):
-    folder = _run_dir(tmp_path / "run", dict(NET, num_epochs=1))
+    folder = write_config(tmp_path / "run", NET, num_epochs=1)
     launch = lambda n, *extra: (_single("train_scratch.py", folder, *extra) if n == 1
                                 else _torchrun("train_scratch.py", folder, *extra))
     launch(first)
-    _run_dir(folder, dict(NET, num_epochs=2))
+    write_config(folder, NET, num_epochs=2)
     launch(second, "--resume", "auto")
     assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1, 2]
     assert "Resumed from" in (folder / "training.log").read_text()
@@ -347,9 +341,9 @@ def _rank_pid(folder, rank):
 
 def test_elastic_restart_after_a_killed_rank_finishes_with_the_uninterrupted_result(tmp_path):
     values = dict(NET, num_channels=16, batch_size=50, num_epochs=3)
-    reference = _run_dir(tmp_path / "reference", values)
+    reference = write_config(tmp_path / "reference", values)
     _torchrun("train_scratch.py", reference)
-    folder = _run_dir(tmp_path / "killed", values)
+    folder = write_config(tmp_path / "killed", values)
     process = _torchrun("train_scratch.py", folder, "--resume", "auto", wait=False,
                         launcher=["--standalone", "--nproc_per_node=2", "--max_restarts=1"])
     deadline = time.time() + 120
@@ -371,7 +365,7 @@ def test_elastic_restart_after_a_killed_rank_finishes_with_the_uninterrupted_res
 
 def test_two_nodes_meet_through_c10d_rendezvous(tmp_path):
     """Two launchers on one machine stand in for two nodes: the multi-node command, unchanged code."""
-    folder = _run_dir(tmp_path / "run", dict(NET, num_epochs=1))
+    folder = write_config(tmp_path / "run", NET, num_epochs=1)
     endpoint = f"127.0.0.1:{_free_port()}"
     launchers = [_torchrun("train_scratch.py", folder, wait=False, launcher=[
         "--nnodes=2", "--nproc_per_node=1", f"--node_rank={node}", "--rdzv_backend=c10d",

@@ -1,5 +1,4 @@
 """SIGKILL a real training process at seeded random moments: checkpoints stay whole, resume is exact."""
-import json
 import random
 import signal
 import subprocess
@@ -8,13 +7,13 @@ import time
 
 import torch
 
+from configs import TINY8, write_config
 from conftest import ROOT
 from utils.checkpoint import load_checkpoint
 from utils.tracking import read_metrics
 
-PARAMS = {"model_name": "net", "num_channels": 8, "dropout_rate": 0.0, "learning_rate": 1e-3,
-          "schedule": [1], "gamma": 0.1, "batch_size": 128, "num_epochs": 3, "num_workers": 0,
-          "augmentation": 1, "cuda": 0, "dataset": "digits"}
+# three epochs with the learning rate dropped after the first: the resumed runs must match it exactly
+PARAMS = {**TINY8, "schedule": [1], "num_epochs": 3}
 KILLS = 5
 
 
@@ -32,14 +31,8 @@ def _check_whole(folder):
             assert checkpoint["state_dict"]["fc2.weight"].shape == (10, 32)
 
 
-def _new_run(folder):
-    folder.mkdir()
-    (folder / "params.json").write_text(json.dumps(PARAMS))
-    return folder
-
-
 def test_each_kill_leaves_whole_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path):
-    reference = _new_run(tmp_path / "reference")
+    reference = write_config(tmp_path / "reference", PARAMS)
     started = time.time()
     assert _start(reference).wait(timeout=300) == 0
     duration = time.time() - started
@@ -48,7 +41,7 @@ def test_each_kill_leaves_whole_checkpoints_and_resumes_to_the_uninterrupted_res
 
     rng = random.Random(20210507)
     for kill in range(KILLS):
-        run = _new_run(tmp_path / f"killed{kill}")
+        run = write_config(tmp_path / f"killed{kill}", PARAMS)
         process = _start(run)
         time.sleep(rng.uniform(0.35, 1.0) * duration)  # import, data, a batch, eval, a write...
         process.send_signal(signal.SIGKILL)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import methods
 import train_kd
 import train_scratch
+from configs import KD, TINY, write_config
 from methods import STUDENT, TEACHER, Method, Objective, register
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
@@ -16,9 +17,8 @@ from utils.params import describe, params_from_dict
 from utils.schema import FLOAT, INT, Key, bounds
 from utils.tracking import read_metrics
 
-NET = {"model_name": "net", "num_channels": 4, "dropout_rate": 0.0, "learning_rate": 1e-3,
-       "schedule": [999], "gamma": 0.1, "batch_size": 256, "num_epochs": 1, "num_workers": 0,
-       "augmentation": 1, "cuda": 0, "dataset": "digits"}
+# batches of 256: ceil(1438 / 256) = 6 steps an epoch, counted by test_objective_is_told_epoch_and_step
+NET = {**TINY, "batch_size": 256}
 
 
 # ----------------------------------------------------------------------------- a toy method with a head
@@ -49,12 +49,6 @@ def _toy_method():
             keys=(Key("head_delay", INT, 1, "epochs before the head's loss counts", bounds(low=0)),),
             terms=("ce", "head")))
     return methods.get_method("toy_head")
-
-
-def _run_dir(path, **values):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "params.json").write_text(json.dumps({**NET, **values}))
-    return path
 
 
 def _train(folder, *extra):
@@ -125,7 +119,7 @@ def test_registering_a_clashing_method_is_refused():
 
 def test_named_terms_reach_the_log_metrics_and_tensorboard(tmp_path):
     _toy_method()
-    run = _run_dir(tmp_path / "run", method="toy_head", head_delay=1, num_epochs=2)
+    run = write_config(tmp_path / "run", NET, method="toy_head", head_delay=1, num_epochs=2)
     _train(run)
     rows = read_metrics(run / "metrics.jsonl")
     assert [sorted(k for k in r if k.startswith("train_")) for r in rows] == \
@@ -141,7 +135,7 @@ def test_named_terms_reach_the_log_metrics_and_tensorboard(tmp_path):
 
 def test_objective_is_told_epoch_and_step(tmp_path):
     _toy_method()
-    run = _run_dir(tmp_path / "run", method="toy_head", num_epochs=2)
+    run = write_config(tmp_path / "run", NET, method="toy_head", num_epochs=2)
     seen = []
     original = HeadObjective.forward
 
@@ -159,7 +153,7 @@ def test_objective_is_told_epoch_and_step(tmp_path):
 
 def test_heads_train_and_are_saved_apart_from_the_plain_network(tmp_path):
     _toy_method()
-    run = _run_dir(tmp_path / "run", method="toy_head", head_delay=0)
+    run = write_config(tmp_path / "run", NET, method="toy_head", head_delay=0)
     _train(run)
     checkpoint = load_checkpoint(run / "best_model.tar")
     assert not any(k.startswith("head") for k in checkpoint["state_dict"])
@@ -169,19 +163,18 @@ def test_heads_train_and_are_saved_apart_from_the_plain_network(tmp_path):
     network = sum(1 for k in checkpoint["state_dict"] if "running" not in k and "num_batches" not in k)
     assert len(checkpoint["optim_dict"]["state"]) == network + 6
     # the network's state_dict is a plain teacher: a kd run loads it
-    student = _run_dir(tmp_path / "student", teacher_model="net", teacher_resume=str(run / "best_model.tar"),
-                       temperature=4, alpha=0.9)
+    student = write_config(tmp_path / "student", NET, **KD, teacher_resume=str(run / "best_model.tar"))
     train_kd.main(["--save_path", str(student), "--device", "cpu"])
     assert "- Teacher Model Eval metrics : acc:" in (student / "training.log").read_text()
 
 
 def test_resume_with_heads_is_bitwise_the_uninterrupted_run(tmp_path):
     _toy_method()
-    straight = _run_dir(tmp_path / "straight", method="toy_head", head_delay=1, num_epochs=3)
+    straight = write_config(tmp_path / "straight", NET, method="toy_head", head_delay=1, num_epochs=3)
     _train(straight)
-    resumed = _run_dir(tmp_path / "resumed", method="toy_head", head_delay=1, num_epochs=2)
+    resumed = write_config(tmp_path / "resumed", NET, method="toy_head", head_delay=1, num_epochs=2)
     _train(resumed)
-    _run_dir(resumed, method="toy_head", head_delay=1, num_epochs=3)
+    write_config(resumed, NET, method="toy_head", head_delay=1, num_epochs=3)
     _train(resumed, "--resume", "auto")
     a, b = load_checkpoint(straight / "last_model.tar"), load_checkpoint(resumed / "last_model.tar")
     for part in ("state_dict", "objective_state_dict"):
@@ -195,9 +188,9 @@ def test_resume_with_heads_is_bitwise_the_uninterrupted_run(tmp_path):
 
 def test_resuming_heads_from_a_checkpoint_without_them_is_one_line(tmp_path):
     _toy_method()
-    plain = _run_dir(tmp_path / "plain")
+    plain = write_config(tmp_path / "plain", NET)
     _train(plain)
-    run = _run_dir(tmp_path / "run", method="toy_head", num_epochs=2)
+    run = write_config(tmp_path / "run", NET, method="toy_head", num_epochs=2)
     with pytest.raises(Exception, match=r"holds no 'objective_state_dict' for method 'toy_head'"):
         _train(run, "--resume", str(plain / "last_model.tar"))
 
@@ -205,7 +198,7 @@ def test_resuming_heads_from_a_checkpoint_without_them_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- --set and provenance
 
 def test_set_overrides_are_validated_logged_and_saved(tmp_path):
-    run = _run_dir(tmp_path / "run")
+    run = write_config(tmp_path / "run", NET)
     _train(run, "--set", "num_epochs=2", "--set", "learning_rate=0.002")
     checkpoint = load_checkpoint(run / "last_model.tar")
     assert checkpoint["epoch"] == 2 and checkpoint["params"]["learning_rate"] == 0.002
@@ -220,6 +213,6 @@ def test_set_overrides_are_validated_logged_and_saved(tmp_path):
 
 def test_set_without_equals_sign_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
-        _train(_run_dir(tmp_path / "run"), "--set", "num_epochs")
+        _train(write_config(tmp_path / "run", NET), "--set", "num_epochs")
     assert caught.value.code == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err

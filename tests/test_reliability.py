@@ -1,5 +1,4 @@
 """Reliability: --resume auto, one run per folder, divergence, Ctrl-C, refused runs write nothing."""
-import json
 import os
 import signal
 import subprocess
@@ -12,23 +11,13 @@ import torch
 
 import train_kd
 import train_scratch
+from configs import KD, TINY8, write_config
 from conftest import ROOT
 from methods import Objective
 from utils.engine import Diverged, fit, prepare
 from utils.losses import ce_loss
 from utils.runtime import RunLock
 from utils.tracking import read_metrics
-
-NET = {"model_name": "net", "num_channels": 8, "dropout_rate": 0.0, "learning_rate": 1e-3,
-       "schedule": [999], "gamma": 0.1, "batch_size": 128, "num_epochs": 1, "num_workers": 0,
-       "augmentation": 1, "cuda": 0, "dataset": "digits"}
-
-
-def _run_dir(path, **overrides):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "params.json").write_text(json.dumps({**NET, **overrides}))
-    return path
-
 
 def _snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
@@ -40,16 +29,16 @@ def _script(name, *args, **kwargs):
 
 
 def test_resume_auto_starts_fresh_then_continues(tmp_path):
-    run = _run_dir(tmp_path / "run")
+    run = write_config(tmp_path / "run", TINY8)
     train_scratch.main(["--save_path", str(run), "--resume", "auto"])  # nothing to resume yet
-    _run_dir(run, num_epochs=2)
+    write_config(run, TINY8, num_epochs=2)
     train_scratch.main(["--save_path", str(run), "--resume", "auto"])
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
     assert f"- Resumed from {run / 'last_model.tar'}" in (run / "training.log").read_text()
 
 
 def test_a_second_process_in_the_same_folder_is_refused(tmp_path):
-    run = _run_dir(tmp_path / "run")
+    run = write_config(tmp_path / "run", TINY8)
     (run / "training.log").write_text("earlier run\n")
     with RunLock(run):
         result = _script("train_scratch.py", "--save_path", str(run))
@@ -61,7 +50,7 @@ def test_a_second_process_in_the_same_folder_is_refused(tmp_path):
 
 
 def test_a_stale_lock_file_does_not_block(tmp_path):
-    run = _run_dir(tmp_path / "run")
+    run = write_config(tmp_path / "run", TINY8)
     (run / ".lock").write_text("999999\n")  # left by a killed process: no flock is held
     train_scratch.main(["--save_path", str(run)])
     assert (run / "last_model.tar").exists()
@@ -72,11 +61,11 @@ def _args(run, resume=None):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(tmp_path):
-    run = _run_dir(tmp_path / "run", num_epochs=2)
+    run = write_config(tmp_path / "run", TINY8, num_epochs=2)
     first = prepare(_args(run), "scratch")
     fit(first)
     before = _snapshot(run)
-    _run_dir(run, num_epochs=3)
+    write_config(run, TINY8, num_epochs=3)
     broken = prepare(_args(run), "scratch")
 
     class NanAtThirdBatch(Objective):
@@ -95,11 +84,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(tmp_path):
 
 
 def test_exploding_nasty_run_exits_1_with_one_line(tmp_path):
-    teacher = _run_dir(tmp_path / "teacher")
+    teacher = write_config(tmp_path / "teacher", TINY8)
     train_scratch.main(["--save_path", str(teacher)])
-    nasty = _run_dir(tmp_path / "nasty", learning_rate=1e6, model_name="preresnet20",
-                     adversarial_model="net", adversarial_resume=str(teacher / "best_model.tar"),
-                     temperature=4, weight=50.0, batch_size=512)
+    nasty = write_config(tmp_path / "nasty", TINY8, learning_rate=1e6, model_name="preresnet20",
+                         adversarial_model="net", adversarial_resume=str(teacher / "best_model.tar"),
+                         temperature=4, weight=50.0, batch_size=512)
     result = _script("train_nasty.py", "--save_path", str(nasty))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.startswith("error: non-finite loss at epoch 1, batch ")
@@ -108,7 +97,7 @@ def test_exploding_nasty_run_exits_1_with_one_line(tmp_path):
 
 
 def test_ctrl_c_stops_with_a_consistent_checkpoint_and_says_how_to_resume(tmp_path):
-    run = _run_dir(tmp_path / "run", num_epochs=200, batch_size=32)
+    run = write_config(tmp_path / "run", TINY8, num_epochs=200, batch_size=32)
     process = subprocess.Popen([sys.executable, str(ROOT / "train_scratch.py"), "--save_path", str(run)],
                                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
@@ -124,8 +113,8 @@ def test_ctrl_c_stops_with_a_consistent_checkpoint_and_says_how_to_resume(tmp_pa
 
 
 def test_a_refused_kd_run_leaves_the_folder_untouched(tmp_path):
-    run = _run_dir(tmp_path / "student", teacher_model="net", temperature=4, alpha=0.9,
-                   teacher_resume=str(tmp_path / "missing.tar"))
+    run = write_config(tmp_path / "student", TINY8, **KD,
+                       teacher_resume=str(tmp_path / "missing.tar"))
     (run / "training.log").write_text("an earlier run's log\n")
     before = _snapshot(run)
     with pytest.raises(Exception, match="does not exist"):
@@ -137,7 +126,7 @@ def test_save_path_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
     import tempfile
 
     from utils.errors import ConfigError
-    run = _run_dir(tmp_path / "run")
+    run = write_config(tmp_path / "run", TINY8)
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
@@ -162,10 +151,10 @@ def test_missing_checkpoints_are_reported_before_any_data_is_read(tmp_path, monk
     def no_data(*args, **kwargs):
         raise AssertionError("data was read before the teacher checkpoint was checked")
     monkeypatch.setattr(utils.engine, "build_loaders", no_data)
-    run = _run_dir(tmp_path / "student", teacher_model="net", temperature=4, alpha=0.9,
-                   teacher_resume=str(tmp_path / "missing.tar"))
+    run = write_config(tmp_path / "student", TINY8, **KD,
+                       teacher_resume=str(tmp_path / "missing.tar"))
     with pytest.raises(CheckpointError, match="missing.tar does not exist"):
         train_kd.main(["--save_path", str(run)])
-    _run_dir(tmp_path / "alone")
+    write_config(tmp_path / "alone", TINY8)
     with pytest.raises(CheckpointError, match="nowhere.tar does not exist"):
         train_scratch.main(["--save_path", str(tmp_path / "alone"), "--resume", str(tmp_path / "nowhere.tar")])

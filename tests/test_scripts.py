@@ -1,5 +1,4 @@
 """End to end: the three scripts on generated CIFAR-10 files and on digits, resume, teacher errors."""
-import json
 import subprocess
 import sys
 
@@ -10,6 +9,7 @@ import nets
 import train_kd
 import train_nasty
 import train_scratch
+from configs import KD, NASTY, TINY8, write_config
 from conftest import ROOT
 from datagen import make_cifar
 from utils.checkpoint import load_checkpoint
@@ -18,15 +18,10 @@ from utils.engine import evaluate
 from utils.params import load_params
 from utils.tracking import read_metrics
 
-NET = {"model_name": "net", "num_channels": 8, "dropout_rate": 0.0, "learning_rate": 1e-3,
-       "schedule": [999], "gamma": 0.1, "batch_size": 64, "num_epochs": 2, "num_workers": 0,
-       "augmentation": 1, "cuda": 0}
-
-
-def _run_dir(path, **values):
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "params.json").write_text(json.dumps(values, indent=2))
-    return path
+# batches of 64: several steps on the 160 generated CIFAR-10 images
+CIFAR = {**TINY8, "batch_size": 64, "dataset": "cifar10"}
+# three epochs with the learning rate dropped after the first: resume must land on both
+DIGITS = {**TINY8, "batch_size": 64, "num_epochs": 3, "schedule": [1]}
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +35,11 @@ def cifar_dir(tmp_path_factory):
 def cifar_chain(tmp_path_factory, cifar_dir):
     """teacher -> nasty teacher -> student distilled from it, one epoch each on CIFAR-10 files."""
     root = tmp_path_factory.mktemp("chain")
-    base = dict(NET, dataset="cifar10", num_epochs=1)
-    teacher = _run_dir(root / "teacher", **base)
+    teacher = write_config(root / "teacher", CIFAR)
     train_scratch.main(["--save_path", str(teacher), "--data_dir", str(cifar_dir)])
-    nasty = _run_dir(root / "nasty", **base, adversarial_model="net", temperature=4, weight=0.04,
-                     adversarial_resume=str(teacher / "best_model.tar"))
+    nasty = write_config(root / "nasty", CIFAR, **NASTY, adversarial_resume=str(teacher / "best_model.tar"))
     train_nasty.main(["--save_path", str(nasty), "--data_dir", str(cifar_dir)])
-    student = _run_dir(root / "student", **base, teacher_model="net", temperature=4, alpha=0.9,
-                       teacher_resume=str(nasty / "best_model.tar"))
+    student = write_config(root / "student", CIFAR, **KD, teacher_resume=str(nasty / "best_model.tar"))
     train_kd.main(["--save_path", str(student), "--data_dir", str(cifar_dir)])
     return {"teacher": teacher, "nasty": nasty, "student": student, "data": cifar_dir}
 
@@ -100,16 +92,12 @@ def test_student_logs_its_teachers_accuracy(cifar_chain):
         (cifar_chain["student"] / "training.log").read_text()
 
 
-def _digits_run(path, **overrides):
-    return _run_dir(path, **{**NET, "dataset": "digits", "num_epochs": 3, "schedule": [1], **overrides})
-
-
 def test_resume_continues_at_the_right_epoch_and_matches_an_uninterrupted_run(tmp_path):
-    whole = _digits_run(tmp_path / "whole")
+    whole = write_config(tmp_path / "whole", DIGITS)
     train_scratch.main(["--save_path", str(whole)])
-    part = _digits_run(tmp_path / "part", num_epochs=1)
+    part = write_config(tmp_path / "part", DIGITS, num_epochs=1)
     train_scratch.main(["--save_path", str(part)])
-    _digits_run(tmp_path / "part", num_epochs=3)  # same run, now allowed to finish
+    write_config(tmp_path / "part", DIGITS, num_epochs=3)  # same run, now allowed to finish
     train_scratch.main(["--save_path", str(part), "--resume", str(part / "last_model.tar")])
 
     a, b = (load_checkpoint(d / "last_model.tar")["state_dict"] for d in (whole, part))
@@ -123,12 +111,12 @@ def test_resume_continues_at_the_right_epoch_and_matches_an_uninterrupted_run(tm
 
 
 def test_resume_from_an_original_checkpoint_uses_a_fresh_optimizer(tmp_path):
-    first = _digits_run(tmp_path / "first", num_epochs=1)
+    first = write_config(tmp_path / "first", DIGITS, num_epochs=1)
     train_scratch.main(["--save_path", str(first)])
     ours = load_checkpoint(first / "last_model.tar")
     original = tmp_path / "original.tar"
     torch.save({k: ours[k] for k in ("epoch", "state_dict", "optim_dict")}, original)
-    second = _digits_run(tmp_path / "second", num_epochs=2)
+    second = write_config(tmp_path / "second", DIGITS, num_epochs=2)
     train_scratch.main(["--save_path", str(second), "--resume", str(original)])
     assert "(original format): weights only; continuing after epoch 1 with a fresh optimizer" in \
         (second / "training.log").read_text()
@@ -136,9 +124,7 @@ def test_resume_from_an_original_checkpoint_uses_a_fresh_optimizer(tmp_path):
 
 
 def test_teacher_resume_flag_overrides_params(tmp_path, cifar_chain):
-    student = _run_dir(tmp_path / "student", **dict(NET, dataset="cifar10", num_epochs=1),
-                       teacher_model="net", temperature=4, alpha=0.9,
-                       teacher_resume="does/not/exist.tar")
+    student = write_config(tmp_path / "student", CIFAR, **KD, teacher_resume="does/not/exist.tar")
     train_kd.main(["--save_path", str(student), "--data_dir", str(cifar_chain["data"]),
                    "--teacher_resume", str(cifar_chain["teacher"] / "best_model.tar")])
     assert str(cifar_chain["teacher"] / "best_model.tar") in (student / "training.log").read_text()
@@ -150,18 +136,15 @@ def _script(name, *args):
 
 
 def test_missing_teacher_checkpoint_is_one_line_and_exit_1(tmp_path, cifar_chain):
-    student = _run_dir(tmp_path / "student", **dict(NET, dataset="cifar10", num_epochs=1),
-                       teacher_model="net", temperature=4, alpha=0.9,
-                       teacher_resume=str(tmp_path / "missing.tar"))
+    student = write_config(tmp_path / "student", CIFAR, **KD, teacher_resume=str(tmp_path / "missing.tar"))
     result = _script("train_kd.py", "--save_path", str(student), "--data_dir", str(cifar_chain["data"]))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.tar'} does not exist"
 
 
 def test_teacher_of_another_architecture_is_refused(tmp_path, cifar_chain):
-    student = _run_dir(tmp_path / "student", **dict(NET, dataset="cifar10", num_epochs=1),
-                       teacher_model="mlp", temperature=4, alpha=0.9,
-                       teacher_resume=str(cifar_chain["teacher"] / "best_model.tar"))
+    student = write_config(tmp_path / "student", CIFAR, **{**KD, "teacher_model": "mlp"},
+                           teacher_resume=str(cifar_chain["teacher"] / "best_model.tar"))
     result = _script("train_kd.py", "--save_path", str(student), "--data_dir", str(cifar_chain["data"]))
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -1,5 +1,4 @@
 """Speed switches change speed, not results: off is plain fp32 training; bf16 stays within a point."""
-import json
 import subprocess
 import sys
 
@@ -9,6 +8,7 @@ import torch.nn.functional as F
 
 import nets
 import train_scratch
+from configs import TINY, write_config
 from conftest import ROOT
 from utils.checkpoint import load_checkpoint
 from utils.data import build_loaders
@@ -17,14 +17,12 @@ from utils.runtime import seed_everything
 from utils.speed import Precision, fast_settings
 from utils.tracking import read_metrics
 
-NET = {"model_name": "net", "num_channels": 16, "dropout_rate": 0.0, "learning_rate": 1e-3,
-       "schedule": [999], "gamma": 0.1, "batch_size": 64, "num_epochs": 1, "num_workers": 0,
-       "augmentation": 1, "cuda": 0, "dataset": "digits"}
+# 16 channels in batches of 64 (the plain fp32 loop below builds the same 16-channel network)
+NET = {**TINY, "num_channels": 16, "batch_size": 64}
 
 
 def _train(folder, *flags, **changes):
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "params.json").write_text(json.dumps({**NET, **changes}))
+    write_config(folder, NET, **changes)
     train_scratch.main(["--save_path", str(folder), *flags])
     return load_checkpoint(folder / "last_model.tar")["state_dict"], read_metrics(folder / "metrics.jsonl")
 
@@ -104,9 +102,7 @@ def test_deterministic_switch_sets_cudnn():
 @pytest.mark.slow
 def test_compile_trains_on_cpu(tmp_path):
     """torch.compile on this small CPU may take long: skipped when it needs more than a minute."""
-    folder = tmp_path / "compiled"
-    folder.mkdir()
-    (folder / "params.json").write_text(json.dumps({**NET, "compile": 1}))
+    folder = write_config(tmp_path / "compiled", NET, compile=1)
     try:
         result = subprocess.run([sys.executable, str(ROOT / "train_scratch.py"), "--save_path",
                                  str(folder)], capture_output=True, text=True, timeout=60, cwd=ROOT)
