@@ -18,9 +18,9 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from utils.data import build_loaders
+from utils.evaluation import compare_outputs, predict
 from .matrix import draw_matrix
 from utils.errors import NastyError
 from utils.networks import load_frozen
@@ -49,38 +49,20 @@ def pick_subset(labels, limit=COMPARE_LIMIT):
     return torch.cat(keep).sort().values
 
 
-@torch.inference_mode()
-def subset_logits(networks, loader, keep):
-    """Each network's logits and the labels of the test images `keep` (in the loader's order)."""
-    chosen = torch.zeros(loader.num_samples, dtype=torch.bool)
-    chosen[keep] = True
-    outputs, labels, offset = [[] for _ in networks], [], 0
-    for images, targets in loader:
-        mask = chosen[offset:offset + len(targets)]
-        offset += len(targets)
-        if mask.any():
-            for output, network in zip(outputs, networks):
-                output.append(network(images[mask]).float())
-            labels.append(targets[mask])
-    return [torch.cat(o) for o in outputs], torch.cat(labels)
-
-
 def compare_teachers(normal_folder, nasty_folder, temperature, data_dir=None, limit=COMPARE_LIMIT):
     """(comparison for results.json, examples for the softmax figure) of two teachers' outputs."""
     _, normal = load_teacher(normal_folder, data_dir)
     params, nasty = load_teacher(nasty_folder, data_dir)
     _, test_loader = build_loaders(params, torch.device("cpu"), 500)
     keep = pick_subset(test_loader.labels.cpu(), limit)
-    (normal_logits, nasty_logits), labels = subset_logits([normal, nasty], test_loader, keep)
-    log_normal = F.log_softmax(normal_logits / temperature, dim=1)
-    log_nasty = F.log_softmax(nasty_logits / temperature, dim=1)
+    (normal_logits, nasty_logits), labels = predict([normal, nasty], test_loader, keep)
     # KL(nasty || normal): the direction of the term the nasty teacher was trained to maximise
-    kl = (log_nasty.exp() * (log_nasty - log_normal)).sum(1)
+    kl, agreement, log_nasty, log_normal = compare_outputs(nasty_logits, normal_logits, temperature)
     classes = range(params.num_classes)
     comparison = {
         "temperature": float(temperature), "images": len(labels), "mean_kl": kl.mean().item(),
         "per_class_kl": [kl[labels == c].mean().item() for c in classes if (labels == c).any()],
-        "agreement": 100.0 * (normal_logits.argmax(1) == nasty_logits.argmax(1)).float().mean().item(),
+        "agreement": agreement,
         "normal_acc": 100.0 * (normal_logits.argmax(1) == labels).float().mean().item(),
         "nasty_acc": 100.0 * (nasty_logits.argmax(1) == labels).float().mean().item(),
         "normal_ranked": ranked(log_normal), "nasty_ranked": ranked(log_nasty)}
