@@ -144,6 +144,14 @@ def test_resnet18_heads_are_the_authors():
     assert head(torch.zeros(2, *shapes[0])).shape == (2, 10)
 
 
+def test_resnet50_heads_are_the_authors():
+    shapes = nets.stage_shapes("resnet50", 100, 32)
+    # their scala1..3 with Bottleneck.expansion 4: 256 -> 512 -> 1024 -> 2048, stride 2 each
+    assert taps_for("resnet50", shapes) == [
+        Tap(0, ((512, 2), (1024, 2), (2048, 2)), 2, 0), Tap(1, ((1024, 2), (2048, 2)), 2, 0),
+        Tap(2, ((2048, 2),), 2, 0)]
+
+
 def test_mobilenetv2_heads_are_the_authors():
     shapes = nets.stage_shapes("mobilenetv2", 100, 32)
     taps = taps_for("mobilenetv2", shapes)
