@@ -87,6 +87,9 @@ def _cases(f):
          "does not fit the teacher net"),
         ("teacher with another class count", "train_kd.py", kd(f["teacher100"]), [], 1,
          "fc2.weight [100, 32] vs [10, 32]"),
+        # refused after the run took the folder lock: the lock file must go too
+        ("resume of another architecture", "train_scratch.py", _params(), ["--resume", str(f["mlp"])],
+         1, "does not fit the model net with 10 classes"),
         ("empty file as checkpoint", "train_kd.py", kd(f["root"] / "empty.tar"), [], 1,
          "is empty (0 bytes)"),
         ("checkpoint that would run code", "train_kd.py", kd(f["root"] / "evil.tar"), [], 1,
@@ -127,7 +130,7 @@ def test_bad_input_gives_one_line_and_touches_nothing(tmp_path, files, index):
     elif isinstance(params, str):
         (run / "params.json").write_text(params)
     (run / "training.log").write_text("an earlier run\n")
-    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    before = {p.name: p.read_bytes() for p in run.iterdir()}  # a lock file left behind would show
     args = [] if extra[:1] == ["--no-save-path"] else ["--save_path", str(run)]
     # a dead proxy: the CIFAR download fails at once, on any machine
     env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}

@@ -9,18 +9,22 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import nets
 import train_kd
 import train_scratch
 from configs import KD, TINY8, write_config
 from conftest import ROOT
 from methods import Objective
+from utils.checkpoint import save_checkpoint
 from utils.engine import Diverged, fit, prepare
 from utils.losses import ce_loss
 from utils.runtime import RunLock
 from utils.tracking import read_metrics
 
+
 def _snapshot(folder):
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file() and p.name != ".lock"}
+    """Every file of the folder, the lock file included: a refused run must not leave one."""
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
 def _script(name, *args, **kwargs):
@@ -158,3 +162,36 @@ def test_missing_checkpoints_are_reported_before_any_data_is_read(tmp_path, monk
     write_config(tmp_path / "alone", TINY8)
     with pytest.raises(CheckpointError, match="nowhere.tar does not exist"):
         train_scratch.main(["--save_path", str(tmp_path / "alone"), "--resume", str(tmp_path / "nowhere.tar")])
+
+
+def test_a_refused_resume_leaves_the_folder_as_it_was_lock_file_included(tmp_path):
+    other = tmp_path / "mlp.tar"
+    save_checkpoint(other, {"epoch": 1, "state_dict": nets.build_model("mlp", 10).state_dict()})
+    fresh = write_config(tmp_path / "fresh", TINY8)  # no lock file yet: none may be left
+    finished = write_config(tmp_path / "finished", TINY8)
+    train_scratch.main(["--save_path", str(finished)])
+    (finished / ".lock").write_text("12345\n")  # an earlier owner's pid: put back, not rewritten
+    for run in (fresh, finished):
+        before = _snapshot(run)
+        result = _script("train_scratch.py", "--save_path", str(run), "--resume", str(other))
+        assert result.returncode == 1 and "does not fit the model net" in result.stderr
+        assert _snapshot(run) == before
+    assert sorted(_snapshot(fresh)) == ["params.json"]
+
+
+def test_the_lock_file_stays_once_the_run_writes_and_a_stale_one_never_blocks(tmp_path):
+    from utils.errors import NastyError
+    folder = tmp_path / "run"
+    folder.mkdir()
+    with RunLock(folder):
+        assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(NastyError, match=f"another process \\(pid {os.getpid()}\\)"):
+            RunLock(folder).__enter__()  # flock is per open file: refused within a process too
+    assert not (folder / ".lock").exists()
+    with RunLock(folder) as lock:
+        lock.keep()
+    assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+    (folder / ".lock").write_text("999999\n")  # a killed run's: no flock is held on it
+    with RunLock(folder):  # taken over, its bytes put back after
+        assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
+    assert (folder / ".lock").read_text() == "999999\n"

@@ -263,17 +263,17 @@ def fit(run, resume=None):
     """Train from the first unfinished epoch to `num_epochs`, checkpointing every epoch.
 
     Nothing in the run folder is written before the folder lock is held and the resume
-    checkpoint has loaded, so a refused run leaves an existing run untouched. Under torchrun
-    every rank loads the same checkpoint and rank 0 alone writes.
+    checkpoint has loaded, so a refused run leaves the folder as it found it (the lock file
+    included). Under torchrun every rank loads the same checkpoint and rank 0 alone writes.
     """
     main = run.world.is_main
-    with RunLock(run.save_path) if main else contextlib.nullcontext():
-        if main:
-            remove_partial_writes(run.save_path)
+    with RunLock(run.save_path) if main else contextlib.nullcontext() as lock:
         resume = resume_path(resume, run.save_path)
         state = resume_state(run, resume) if resume else {"epoch": 0, "best_acc": -1.0, "best_epoch": -1}
         distributed.check_same_epoch(state["epoch"])
         if main:
+            lock.keep()
+            remove_partial_writes(run.save_path)
             attach_log_file(run.log, run.save_path)
         tracker = (EpochLog(run.save_path, run.log, run.params.method_entry.log_lines, run.term_names,
                             start_epoch=state["epoch"]) if main else None)
