@@ -27,6 +27,25 @@ def _snapshot(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
 
 
+def _default_sigint():
+    # a shell starts background jobs with SIGINT ignored, and Python then installs no Ctrl-C
+    # handler: the child gets the default, however the tests were started
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _training(run, *args):
+    return subprocess.Popen([sys.executable, str(ROOT / "train_scratch.py"), "--save_path", str(run),
+                             *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=_default_sigint)
+
+
+def _wait_for(path, process, seconds=120):
+    deadline = time.time() + seconds
+    while not path.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert path.exists(), "the run wrote no checkpoint"
+
+
 def _script(name, *args, **kwargs):
     return subprocess.run([sys.executable, str(ROOT / name), *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, **kwargs)
@@ -100,20 +119,24 @@ def test_exploding_nasty_run_exits_1_with_one_line(tmp_path):
     assert not (nasty / "last_model.tar").exists()
 
 
+def _stop_after_an_epoch(run, signum, status, words):
+    """Train `run` in a child, send `signum` once an epoch is saved; the epoch last_model.tar holds."""
+    process = _training(run)
+    _wait_for(run / "last_model.tar", process)
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=120)
+    last = run / "last_model.tar"
+    assert process.returncode == status and "Traceback" not in stderr
+    assert stderr.strip().startswith(f"error: {words}; {last} holds epoch ")
+    assert stderr.strip().endswith(f"--save_path {run} --resume {last} (or --resume auto)")
+    epoch = torch.load(last, weights_only=True)["epoch"]
+    assert epoch >= 1 and f"holds epoch {epoch}:" in stderr
+    return epoch
+
+
 def test_ctrl_c_stops_with_a_consistent_checkpoint_and_says_how_to_resume(tmp_path):
     run = write_config(tmp_path / "run", TINY8, num_epochs=200, batch_size=32)
-    process = subprocess.Popen([sys.executable, str(ROOT / "train_scratch.py"), "--save_path", str(run)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while not (run / "last_model.tar").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "Traceback" not in stderr
-    assert stderr.strip().startswith(f"error: interrupted; {run / 'last_model.tar'} holds epoch ")
-    assert stderr.strip().endswith(f"--save_path {run} --resume {run / 'last_model.tar'} (or --resume auto)")
-    epoch = torch.load(run / "last_model.tar", weights_only=True)["epoch"]
-    assert epoch >= 1 and f"holds epoch {epoch}:" in stderr
+    _stop_after_an_epoch(run, signal.SIGINT, 130, "interrupted")
 
 
 def test_a_refused_kd_run_leaves_the_folder_untouched(tmp_path):
