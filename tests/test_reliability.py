@@ -1,4 +1,5 @@
-"""Reliability: --resume auto, one run per folder, divergence, Ctrl-C, refused runs write nothing."""
+"""Reliability: --resume auto, one run per folder, divergence, Ctrl-C and SIGTERM, refused runs
+write nothing (not even the lock file)."""
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import train_scratch
 from configs import KD, TINY8, write_config
 from conftest import ROOT
 from methods import Objective
-from utils.checkpoint import save_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.engine import Diverged, fit, prepare
 from utils.losses import ce_loss
 from utils.runtime import RunLock
@@ -187,6 +188,37 @@ def test_missing_checkpoints_are_reported_before_any_data_is_read(tmp_path, monk
         train_scratch.main(["--save_path", str(tmp_path / "alone"), "--resume", str(tmp_path / "nowhere.tar")])
 
 
+def test_sigterm_stops_like_ctrl_c_with_status_143_and_the_run_resumes(tmp_path):
+    run = write_config(tmp_path / "run", TINY8, num_epochs=200, batch_size=32)
+    epoch = _stop_after_an_epoch(run, signal.SIGTERM, 143, "interrupted by SIGTERM")
+    last = run / "last_model.tar"
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")][-1] >= epoch
+    # the same command with --resume auto continues to the end (one epoch more, here)
+    result = _script("train_scratch.py", "--save_path", str(run), "--resume", "auto",
+                     "--set", f"num_epochs={epoch + 1}")
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(last)["epoch"] == epoch + 1
+    assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, epoch + 2))
+
+
+def test_a_stop_just_after_last_model_tar_was_written_names_that_epoch(tmp_path, monkeypatch):
+    import utils.engine
+    from utils.errors import Interrupted
+    from utils.runtime import Terminated
+    run = write_config(tmp_path / "run", TINY8, num_epochs=3)
+    real = utils.engine.save_checkpoint
+
+    def save_then_stop(path, checkpoint):
+        real(path, checkpoint)
+        if path.name == "last_model.tar" and checkpoint["epoch"] == 2:
+            raise Terminated()  # the signal came before the run counted the epoch as done
+    monkeypatch.setattr(utils.engine, "save_checkpoint", save_then_stop)
+    with pytest.raises(Interrupted, match=f"interrupted by SIGTERM; .*last_model.tar holds epoch 2: "
+                                          f"continue with --save_path {run}") as stopped:
+        fit(prepare(_args(run), "scratch"))
+    assert stopped.value.exit_code == 143
+
+
 def test_a_refused_resume_leaves_the_folder_as_it_was_lock_file_included(tmp_path):
     other = tmp_path / "mlp.tar"
     save_checkpoint(other, {"epoch": 1, "state_dict": nets.build_model("mlp", 10).state_dict()})
@@ -218,3 +250,30 @@ def test_the_lock_file_stays_once_the_run_writes_and_a_stale_one_never_blocks(tm
     with RunLock(folder):  # taken over, its bytes put back after
         assert (folder / ".lock").read_text() == f"{os.getpid()}\n"
     assert (folder / ".lock").read_text() == "999999\n"
+
+
+def test_sigterm_under_torchrun_stops_every_rank_at_the_same_step(tmp_path):
+    """SLURM sends SIGTERM to every process of the job: launcher and ranks alike."""
+    run = write_config(tmp_path / "run", TINY8, num_epochs=200, batch_size=100)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                "--nproc_per_node=2", str(ROOT / "train_scratch.py"), "--save_path",
+                                str(run)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        _wait_for(run / "last_model.tar", process)
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    last = run / "last_model.tar"
+    epoch = load_checkpoint(last)["epoch"]
+    for rank in (0, 1):  # each rank's line, none of them a traceback from a broken collective
+        assert (f"error: rank {rank}: interrupted by SIGTERM; {last} holds epoch {epoch}: "
+                f"continue with --save_path {run}") in output, output[-3000:]
+    assert "Gloo" not in output and "Connection closed" not in output
+    result = _script("train_scratch.py", "--save_path", str(run), "--resume", "auto",
+                     "--set", f"num_epochs={epoch + 1}")
+    assert result.returncode == 0, result.stderr
+    assert load_checkpoint(last)["epoch"] == epoch + 1

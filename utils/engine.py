@@ -22,15 +22,15 @@ from tqdm import tqdm
 
 from methods import Step
 from . import distributed
-from .checkpoint import check_file, load_weights, remove_partial_writes, save_checkpoint
+from .checkpoint import check_file, load_checkpoint, load_weights, remove_partial_writes, save_checkpoint
 from .data import build_loaders, epoch_seed
 from .errors import Diverged, Interrupted, NastyError  # noqa: F401 (re-exported)
 from .networks import build_network, freeze, load_frozen, make_optimizer  # noqa: F401
 from .params import load_params
 from .provenance import provenance
 from .speed import Precision, fast_settings, maybe_compile
-from .runtime import (RunLock, attach_log_file, check_save_path, seed_everything, select_device,
-                      setup_logging)
+from .runtime import (RunLock, Terminated, attach_log_file, check_save_path, interruption_error,
+                      seed_everything, select_device, setup_logging, stop_requested, stopped_by)
 from .tracking import EpochLog
 
 CHECKPOINT_FORMAT = "nasty-teacher/1"  # marks checkpoints that hold our resume state
@@ -172,6 +172,8 @@ def train_epoch(run, epoch):
             seen += len(labels)
             if step % BAR_EVERY == 0 or step == steps:
                 watch.check(run, epoch)  # shares the bar's sync: one per BAR_EVERY batches
+                if world.distributed and stop_requested(run.device):
+                    raise Terminated()  # SIGTERM reached some rank: all stop at this step
                 # this rank's shares weigh ~1/world each: scaled back for the display
                 bar.set_postfix(loss=f"{totals[0].item() * world.size / step:.3f}",
                                 acc=f"{100.0 * correct.item() / seen:.2f}")
@@ -265,6 +267,7 @@ def fit(run, resume=None):
     Nothing in the run folder is written before the folder lock is held and the resume
     checkpoint has loaded, so a refused run leaves the folder as it found it (the lock file
     included). Under torchrun every rank loads the same checkpoint and rank 0 alone writes.
+    Ctrl-C and SIGTERM stop it with an Interrupted error that says how to resume.
     """
     main = run.world.is_main
     with RunLock(run.save_path) if main else contextlib.nullcontext() as lock:
@@ -280,8 +283,8 @@ def fit(run, resume=None):
         try:
             for epoch in range(state["epoch"], run.params.num_epochs):
                 run_epoch(run, epoch, state, tracker)
-        except KeyboardInterrupt:
-            raise Interrupted(interrupt_message(run, state)) from None
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (runtime.Terminated)
+            raise interruption_error(interrupt_message(run, state, stop), stop) from None
         finally:
             if tracker is not None:
                 tracker.close()
@@ -309,16 +312,28 @@ def run_epoch(run, epoch, state, tracker):
     # last_model.tar advances, a resume redoes this epoch identically and rewrites the rest.
     if run.world.is_main:
         tracker.record(epoch, lr, train, test, state, new_best, time.time() - started)
+        state["writing"] = epoch + 1  # from here an interruption may find last_model.tar at it
         save_epoch(run, epoch, test, state, new_best)
     state["epoch"] = epoch + 1
 
 
-def interrupt_message(run, state):
-    last = run.save_path / "last_model.tar"
-    if state["epoch"] == 0 or not last.exists():
-        return "interrupted before the first epoch finished; nothing to resume"
-    return (f"interrupted; {last} holds epoch {state['epoch']}: continue with "
+def interrupt_message(run, state, stop=None):
+    last, by = run.save_path / "last_model.tar", stopped_by(stop)
+    epoch = state["epoch"]
+    if state.get("writing", 0) > epoch and last.exists():
+        epoch = saved_epoch(last, epoch)  # stopped while, or just after, it was written
+    if epoch == 0 or not last.exists():
+        return f"interrupted{by} before the first epoch finished; nothing to resume"
+    return (f"interrupted{by}; {last} holds epoch {epoch}: continue with "
             f"--save_path {run.save_path} --resume {last} (or --resume auto)")
+
+
+def saved_epoch(path, default):
+    """The epoch checkpoint `path` holds; `default` when it cannot be read."""
+    try:
+        return int(load_checkpoint(path).get("epoch", default))
+    except NastyError:
+        return default
 
 
 def save_epoch(run, epoch, test, state, new_best):

@@ -5,7 +5,8 @@
     device = select_device(args, params)
 
 `run_script(main)` turns a `NastyError` into one line on stderr and its exit code, so
-a user's mistake never ends in a traceback.
+a user's mistake never ends in a traceback, and makes SIGTERM (what SLURM, Kubernetes and `kill`
+send) stop a run as Ctrl-C does, with exit status 143.
 """
 import argparse
 import fcntl
@@ -14,6 +15,7 @@ import logging
 import logging.handlers
 import os
 import random
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 
 from . import distributed
 from .distributed import SINGLE
-from .errors import ConfigError, NastyError
+from .errors import ConfigError, Interrupted, NastyError
 
 LOGGER_NAME = "nasty"
 
@@ -167,18 +169,65 @@ def check_save_path(save_path):
     return folder
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt, so that both stop a run the same way."""
+
+    signal_name = "SIGTERM"
+    exit_code = 128 + signal.SIGTERM  # 143, as a shell reports a process that SIGTERM ended
+
+
+_received = {"signal": None}  # the stop signal this process got, if any
+
+
+def _on_sigterm(signum, frame):
+    _received["signal"] = signum
+    if not distributed.active():
+        raise Terminated()
+    # under torchrun the ranks stop together at a step they all check (stop_requested), so
+    # that none is left waiting in a collective for a rank that has gone
+
+
+def stop_requested(device):
+    """Under torchrun: whether any rank got SIGTERM (every rank calls it at the same step)."""
+    flag = torch.tensor(int(_received["signal"] is not None), device=device)
+    return bool(distributed.all_sum(flag).item())
+
+
+def stopped_by(interruption):
+    """' by SIGTERM' for a Terminated, '' for Ctrl-C: the words of the error line."""
+    name = getattr(interruption, "signal_name", None)
+    return f" by {name}" if name else ""
+
+
+def interruption_error(message, interruption):
+    """The Interrupted error of a stop by Ctrl-C (exit 130) or SIGTERM (exit 143)."""
+    error = Interrupted(message)
+    error.exit_code = getattr(interruption, "exit_code", Interrupted.exit_code)
+    return error
+
+
 def run_script(main, argv=None):
-    """Run `main(argv)`; user errors become one line on stderr and their exit code."""
+    """Run `main(argv)`; user errors become one line on stderr and their exit code. SIGTERM
+    raises Terminated (a KeyboardInterrupt) in the main thread, as Ctrl-C does."""
     world = distributed.launched_world()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         main(argv)
         distributed.stop(finished=True)
     except NastyError as exc:
         where = f"rank {world.rank}: " if world.distributed else ""
         print(f"error: {where}{exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+        code = exc.exit_code
+        if isinstance(exc, Interrupted) and _received["signal"] is not None:
+            code = 128 + _received["signal"]  # a stop that SIGTERM caused, seen by the caller
+        sys.exit(code)
+    except KeyboardInterrupt as stop:  # before training started or after it ended
+        print(f"error: interrupted{stopped_by(stop)}", file=sys.stderr)
+        sys.exit(getattr(stop, "exit_code", Interrupted.exit_code))
     finally:
         distributed.stop()
+        signal.signal(signal.SIGTERM, previous)
+        _received["signal"] = None
 
 
 class RunLock:
