@@ -12,7 +12,7 @@ import pkgutil
 
 from .base import (DEFENDED_TEACHER, ROLES, SCRIPTS, STUDENT, TEACHER, Frozen, Method,  # noqa: F401
                    Objective, Step, get_method, infer_method, method_keys, method_names,
-                   methods_of_script, register)
+                   register)
 # the original's three first and in this order: configs without a 'method' key are recognised
 # by their keys, adversarial_resume (nasty) before teacher_resume (kd)
 from . import scratch, nasty, kd  # noqa: F401,E402

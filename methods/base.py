@@ -54,15 +54,20 @@ class Objective(torch.nn.Module):
 
 
 class AgainstFrozen(Objective):
-    """A loss of the trained network's logits against one frozen network's (constants)."""
+    """A loss of the trained network's logits against one frozen network's (constants), which
+    `transform` (a teacher defence, say) may change first."""
 
-    def __init__(self, role, network, loss, **hyper):
+    def __init__(self, role, network, loss, transform=None, **hyper):
         super().__init__({role: network})
-        self.role, self.loss, self.hyper = role, loss, hyper
+        self.role, self.loss, self.transform, self.hyper = role, loss, transform, hyper
+
+    def frozen_logits(self, images):
+        with torch.inference_mode():
+            logits = self.frozen[self.role](images)
+            return logits if self.transform is None else self.transform(logits)
 
     def forward(self, model, images, labels, at):
-        with torch.inference_mode():
-            frozen_logits = self.frozen[self.role](images)
+        frozen_logits = self.frozen_logits(images)
         logits = model(images)
         return logits, self.loss(logits, frozen_logits, labels, **self.hyper)
 
@@ -130,10 +135,6 @@ def get_method(name):
         raise ConfigError(f"unknown method {name!r}{did_you_mean(name, _METHODS)}; "
                           f"valid: {', '.join(_METHODS)}")
     return _METHODS[name]
-
-
-def methods_of_script(script):
-    return [m for m in _METHODS.values() if m.script == script]
 
 
 def method_keys():

@@ -7,11 +7,11 @@ teacher's (teacher_model, teacher_resume) and the defence keys; temperature and 
 from utils.losses import hard_label_loss
 
 from .base import STUDENT, Method, register
-from .kd import DEFENCE_KEYS, TEACHER, TEACHER_KEYS, FromTeacher, check_defence, log_teacher_accuracy
+from .kd import DEFENCE_KEYS, TEACHER, TEACHER_KEYS, check_defence, from_teacher, log_teacher_accuracy
 
 register(Method(
     name="hard_label", script="kd", role=STUDENT,
-    build=lambda params, frozen: FromTeacher(params, frozen["teacher"], hard_label_loss),
+    build=lambda params, frozen: from_teacher(params, frozen["teacher"], hard_label_loss),
     summary="cross-entropy with the teacher's argmax as the label",
     keys=(*TEACHER_KEYS, *DEFENCE_KEYS), frozen=(TEACHER,), terms=("hard", "ce"),
     log_lines=(("loss", "Train loss"), ("ce", "Train CE loss")),

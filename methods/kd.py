@@ -8,13 +8,14 @@ logits first: "sparse" (the stingy teacher: the top int(sparse_ratio * classes) 
 The teacher keys, the defence keys and the teacher-accuracy line are shared by every student
 strategy (methods/hard_label.py, methods/skeptical.py).
 """
-import torch
+from functools import partial
 
 from utils.data import DATASETS
+from utils.evaluation import evaluate
 from utils.losses import TEACHER_OUTPUTS, defended_logits, kd_loss, sparse_keep
 from utils.schema import FLOAT, MODEL, REQUIRED, STR, Key, bounds, one_of
 
-from .base import STUDENT, TEMPERATURE, Frozen, Method, Objective, register
+from .base import STUDENT, TEMPERATURE, AgainstFrozen, Frozen, Method, register
 
 TEACHER_KEYS = (
     Key("teacher_model", MODEL, REQUIRED, "the network the student distils from"),
@@ -42,32 +43,24 @@ def check_defence(values):
 
 
 def log_teacher_accuracy(run, frozen):
-    from utils.engine import evaluate  # the engine imports the table, not the other way round
     metrics = evaluate(frozen["teacher"], run.test_loader, run.precision)
     run.log.info(f"- Teacher Model Eval metrics : acc: {metrics['acc']:05.3f} ; "
                  f"loss: {metrics['loss']:05.3f}")
 
 
-class FromTeacher(Objective):
-    """A student loss of the student's logits against the (defended) teacher's, a constant."""
+def teacher_defence(params):
+    """The teacher's logits -> what its defence (teacher_output) hands the student."""
+    return partial(defended_logits, teacher_output=params.teacher_output,
+                   sparse_ratio=params.sparse_ratio)
 
-    def __init__(self, params, teacher, loss, **hyper):
-        super().__init__({"teacher": teacher})
-        self.output, self.ratio = params.teacher_output, params.sparse_ratio
-        self.loss, self.hyper = loss, hyper
 
-    def teacher_logits(self, images):
-        with torch.inference_mode():
-            return defended_logits(self.frozen["teacher"](images), self.output, self.ratio)
-
-    def forward(self, model, images, labels, at):
-        teacher_logits = self.teacher_logits(images)
-        logits = model(images)
-        return logits, self.loss(logits, teacher_logits, labels, **self.hyper)
+def from_teacher(params, teacher, loss, **hyper):
+    """A student loss against the teacher's logits as its defence hands them out."""
+    return AgainstFrozen("teacher", teacher, loss, transform=teacher_defence(params), **hyper)
 
 
 def build(params, frozen):
-    return FromTeacher(params, frozen["teacher"], kd_loss, T=params.temperature, alpha=params.alpha)
+    return from_teacher(params, frozen["teacher"], kd_loss, T=params.temperature, alpha=params.alpha)
 
 
 register(Method(

@@ -24,9 +24,9 @@ from utils.data import DATASETS
 from utils.losses import skeptical_loss
 from utils.schema import INT, Key, bounds
 
-from .base import STUDENT, TEMPERATURE, Method, register
-from .kd import (ALPHA, DEFENCE_KEYS, TEACHER, TEACHER_KEYS, FromTeacher, check_defence,
-                 log_teacher_accuracy)
+from .base import STUDENT, TEMPERATURE, AgainstFrozen, Method, register
+from .kd import (ALPHA, DEFENCE_KEYS, TEACHER, TEACHER_KEYS, check_defence, log_teacher_accuracy,
+                 teacher_defence)
 
 
 class SepConv(nn.Sequential):
@@ -103,11 +103,11 @@ def student_shapes(values):
     return nets.stage_shapes(values["model_name"], dataset.num_classes, dataset.input_size, **options)
 
 
-class Skeptical(FromTeacher):
+class Skeptical(AgainstFrozen):
     """The student's heads (owned, trained, checkpointed apart) and the skeptical loss."""
 
     def __init__(self, params, teacher):
-        super().__init__(params, teacher, skeptical_loss)
+        super().__init__("teacher", teacher, skeptical_loss, transform=teacher_defence(params))
         shapes = student_shapes(vars(params))
         self.taps = taps_for(params.model_name, shapes, params.input_size)
         self.heads = nn.ModuleList(Head(shapes[t.stage], t, params.num_classes) for t in self.taps)
@@ -119,7 +119,7 @@ class Skeptical(FromTeacher):
                                                     params.kd_delay)
 
     def forward(self, model, images, labels, at):
-        teacher_logits = self.teacher_logits(images)
+        teacher_logits = self.frozen_logits(images)
         logits, stages = nets.forward_features(model, images)
         auxiliary = [head(stages[tap.stage]) for tap, head in zip(self.taps, self.heads)]
         outputs = [logits] + auxiliary[::-1]  # [final, deepest auxiliary, ..., shallowest]

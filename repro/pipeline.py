@@ -117,9 +117,9 @@ def find_config_folders(root):
 def load_stage(root, folder, overrides=None):
     """The stage of `folder`, validated now so that a bad config stops the plan, not hour three."""
     config, _ = read_json(folder / "params.json")  # duplicate keys: load_params reports them
-    method = load_params(folder).method_entry
-    own = {k: v for k, v in (overrides or {}).items() if key_applies(k, method)}
-    params = load_params(folder, overrides=own) if own else load_params(folder)
+    implied = methods.infer_method(config)  # which keys --set may change; the schema checks all
+    own = {k: v for k, v in (overrides or {}).items() if key_applies(k, implied)}
+    params = load_params(folder, overrides=own)
     method = params.method_entry
     if len(method.frozen) > 1:
         raise ConfigError(f"{folder / 'params.json'}: method {method.name!r} reads "

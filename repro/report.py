@@ -89,9 +89,9 @@ def collect(plan, outcomes):
             "temperature": stage.params.temperature, "runs": runs,
             "best_acc": stats([r["best_acc"] for r in runs]), "params": params}
     from .matrix import find_matrices, matrix_record  # it builds on this module's helpers
-    groups = [group_record(g, stages, plan) for g in find_groups(plan.stages)
-              if g.columns or not find_matrices(plan.stages)]
-    matrices = [matrix_record(m, stages) for m in find_matrices(plan.stages)]
+    found = find_matrices(plan.stages)
+    groups = [group_record(g, stages, plan) for g in find_groups(plan.stages) if g.columns or not found]
+    matrices = [matrix_record(m, stages) for m in found]
     return {"folder": str(plan.root), "seeds": plan.seeds, "accuracy": ACCURACY_NOTE,
             "git_commit": git_commit(), "stages": stages, "groups": groups, "matrices": matrices,
             "notes": []}

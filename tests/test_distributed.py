@@ -156,12 +156,19 @@ def _collective_worker(rank, port, folder):
         distributed.check_same_epoch(3 + rank)
     except ConfigError as error:
         (folder / f"error{rank}").write_text(str(error))
+    # an objective's heads are outside DDP: their gradients are averaged by hand
+    head = torch.nn.Parameter(torch.zeros(2))
+    head.grad = torch.tensor([1.0, 3.0]) * (rank + 1)
+    distributed.average_gradients([head, torch.nn.Parameter(torch.zeros(1))])  # grad None: skipped
+    (folder / f"grad{rank}").write_text(repr(head.grad.tolist()))
     dist.destroy_process_group()
 
 
 def test_rank0_prepares_first_and_ranks_must_resume_from_one_epoch(tmp_path):
     torch.multiprocessing.spawn(_collective_worker, args=(_free_port(), tmp_path), nprocs=2)
     assert (tmp_path / "order").read_text() == "0\n1\n"
+    for rank in (0, 1):  # the mean of [1, 3] and [2, 6] on both
+        assert (tmp_path / f"grad{rank}").read_text() == "[1.5, 4.5]"
     for rank in (0, 1):  # both stop, with the same line
         assert (tmp_path / f"error{rank}").read_text() == (
             "the ranks resumed from different epochs (3 to 4): every node must see the same run "

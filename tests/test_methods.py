@@ -30,10 +30,8 @@ class HeadObjective(Objective):
         super().__init__()
         self.head = nn.Sequential(nn.Linear(10, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
         self.delay = params.head_delay
-        self.seen = []  # (epoch, step, steps) of every call: the engine must say where it is
 
     def forward(self, model, images, labels, at):
-        self.seen.append((at.epoch, at.step, at.steps))
         logits = model(images)
         ce = F.cross_entropy(logits, labels)
         head = F.cross_entropy(self.head(logits), labels)

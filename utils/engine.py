@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from methods import Step
 from . import distributed
 from .checkpoint import check_file, load_checkpoint, load_weights, remove_partial_writes, save_checkpoint
 from .data import build_loaders, epoch_seed
-from .errors import Diverged, Interrupted, NastyError  # noqa: F401 (re-exported)
-from .networks import build_network, freeze, load_frozen, make_optimizer  # noqa: F401
+from .evaluation import evaluate  # noqa: F401 (the epoch's evaluation; re-exported)
+from .errors import Diverged, NastyError
+from .networks import build_network, load_frozen, make_optimizer
 from .params import load_params
 from .provenance import provenance
 from .speed import Precision, fast_settings, maybe_compile
@@ -156,6 +156,7 @@ def train_epoch(run, epoch):
     totals = torch.zeros(len(names), device=run.device)
     correct = torch.zeros((), dtype=torch.long, device=run.device)
     watch = NonFiniteWatch(run.device, names)
+    before_step = heads_gradient_mean(run)
     seen = 0
     # disable=None: no bar when stderr is not a terminal (cluster logs, pipes)
     with tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, dynamic_ncols=True,
@@ -164,7 +165,7 @@ def train_epoch(run, epoch):
             share = len(labels) / global_sizes[step - 1]  # 1.0 in a single process
             with run.precision.autocast():
                 logits, terms = objective(model, images, labels, Step(epoch, step - 1, steps))
-            optimizer_step(run, terms["loss"], share)
+            optimizer_step(run, terms["loss"], share, before_step)
             stacked = stack_terms(terms, names).detach()
             totals += stacked if share == 1.0 else stacked * share  # no host sync here
             watch.update(stacked, step)
@@ -193,14 +194,21 @@ def stack_terms(terms, names):
     return torch.stack([terms[n].float() for n in names])
 
 
-def optimizer_step(run, loss, share):
-    """Backward and step; an objective's own parameters (outside DDP) get the ranks' mean gradient."""
+def optimizer_step(run, loss, share, before_step):
+    """Backward, `before_step` (None, or the heads' gradient mean over the ranks), step."""
     run.optimizer.zero_grad(set_to_none=True)
     if run.world.distributed:
         loss = loss * (share * run.world.size)
+    run.precision.backward_step(loss, run.optimizer, before_step=before_step)
+
+
+def heads_gradient_mean(run):
+    """Under torchrun: a function that averages the objective's own gradients over the ranks (DDP
+    wraps the network only); None when there is nothing to average."""
     own = [p for p in run.objective.parameters() if p.requires_grad]
-    average = (lambda: distributed.average_gradients(own)) if own and run.world.distributed else None
-    run.precision.backward_step(loss, run.optimizer, before_step=average)
+    if not own or not run.world.distributed:
+        return None
+    return lambda: distributed.average_gradients(own)
 
 
 class NonFiniteWatch:
@@ -230,27 +238,6 @@ class NonFiniteWatch:
                            f"{', '.join(names)}); stopped, the checkpoints in {run.save_path} keep "
                            "the last finished epoch; try a lower learning_rate"
                            + run.params.method_entry.diverged_hint)
-
-
-@torch.inference_mode()
-def evaluate(model, loader, precision=None):
-    """Exact accuracy (percent) and per-sample mean cross-entropy over the whole split."""
-    model.eval()
-    with precision.autocast() if precision else contextlib.nullcontext():
-        return _evaluate(model, loader)
-
-
-def _evaluate(model, loader):
-    correct = torch.zeros((), dtype=torch.long, device=loader.labels.device)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.labels.device)
-    for images, labels in loader:
-        logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
-        correct += (logits.argmax(1) == labels).sum()
-    distributed.all_sum(correct)  # each rank evaluated its share of the split
-    distributed.all_sum(loss_sum)
-    return {"acc": 100.0 * correct.item() / loader.num_samples,
-            "loss": loss_sum.item() / loader.num_samples}
 
 
 def resume_path(resume, save_path):

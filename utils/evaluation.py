@@ -1,5 +1,8 @@
-"""What trained networks do on a test split: accuracy (top-1, top-5, per class), cross-entropy, and
-how two networks' softened outputs differ (evaluate.py, and reproduce.py's teacher comparison).
+"""What trained networks do on a test split: the engine's per-epoch evaluation (`evaluate`, also
+sharded under torchrun), accuracy (top-1, top-5, per class), cross-entropy, and how two networks'
+softened outputs differ (evaluate.py, and reproduce.py's teacher comparison).
+
+    metrics = evaluate(model, test_loader, precision)                # {"acc", "loss"}
 
     (logits,), labels = predict([network], test_loader)
     metrics = classification_metrics(logits, labels, num_classes)   # top1, top5, loss, per_class
@@ -8,10 +11,35 @@ how two networks' softened outputs differ (evaluate.py, and reproduce.py's teach
 Accuracies are exact (correct / total, in percent); the loss is the per-sample mean cross-entropy,
 summed in float64, as the engine's evaluation.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
+from . import distributed
+
 TOP5_FROM = 100  # top-5 accuracy is reported for data sets with at least this many classes
+
+
+@torch.inference_mode()
+def evaluate(model, loader, precision=None):
+    """Exact accuracy (percent) and per-sample mean cross-entropy over the whole split."""
+    model.eval()
+    with precision.autocast() if precision else contextlib.nullcontext():
+        return _evaluate(model, loader)
+
+
+def _evaluate(model, loader):
+    correct = torch.zeros((), dtype=torch.long, device=loader.labels.device)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=loader.labels.device)
+    for images, labels in loader:
+        logits = model(images)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        correct += (logits.argmax(1) == labels).sum()
+    distributed.all_sum(correct)  # each rank evaluated its share of the split
+    distributed.all_sum(loss_sum)
+    return {"acc": 100.0 * correct.item() / loader.num_samples,
+            "loss": loss_sum.item() / loader.num_samples}
 
 
 @torch.inference_mode()

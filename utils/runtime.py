@@ -9,6 +9,7 @@ a user's mistake never ends in a traceback, and makes SIGTERM (what SLURM, Kuber
 send) stop a run as Ctrl-C does, with exit status 143.
 """
 import argparse
+import contextlib
 import fcntl
 import json
 import logging
@@ -268,10 +269,8 @@ class RunLock:
     def _open(self):
         """(descriptor, whether this call created the file)."""
         while True:
-            try:
+            with contextlib.suppress(FileExistsError):
                 return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-            except FileExistsError:
-                pass
             try:
                 return os.open(self.path, os.O_RDWR), False
             except FileNotFoundError:
