@@ -4,14 +4,18 @@ write results.md, results.json and the figures into the tree.
     python reproduce.py experiments/Digits                 # about 4 minutes on a 2-core CPU
     python reproduce.py experiments/CIFAR10 --dry-run      # the plan: order, what is done, what resumes
     python reproduce.py experiments/Digits --seeds 0 1 2   # every stage per seed, in <stage>/seed_<s>/
+    python reproduce.py experiments/Digits --seeds 0 1 2 --jobs 2        # two stages at a time
+    python reproduce.py experiments/CIFAR10 --jobs 4 --gpus 0,1,2,3      # a stage per GPU
     python reproduce.py experiments/CIFAR10 --nproc 4      # every stage on 4 GPUs (torchrun)
     python reproduce.py experiments/Digits --set num_epochs=5          # a key, where a method has it
     python reproduce.py experiments/Digits --sweep weight=0.02,0.04,0.06,0.08   # the chain per value
 
 Every params.json below the folder is a stage, trained by the script its keys call for
 (adversarial_resume: train_nasty.py, teacher_resume: train_kd.py, else train_scratch.py) after the
-stage whose checkpoint it reads (a `method` key names another method of methods/). Finished runs are skipped and started ones resume, so the same
-command continues an interrupted reproduction. A stage that fails is reported with its log and
+stage whose checkpoint it reads (a `method` key names another method of methods/). With --jobs N,
+up to N stages train at once, each as soon as the checkpoint it reads exists; every stage gets
+--threads intra-op threads (default 1) whatever N is, so N never changes a number. Finished runs
+are skipped and started ones resume, so the same command continues an interrupted reproduction. A stage that fails is reported with its log and
 stops only the stages that need it; the exit status is then 1.
 """
 import argparse
@@ -48,7 +52,51 @@ def parse(argv):
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="train every stage with N processes of this machine under torchrun "
                              "(one per GPU; batch_size stays the global batch)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="train up to N stages at once (independent stages and seeds)")
+    parser.add_argument("--threads", type=int, default=1, metavar="T",
+                        help="intra-op threads of every stage (OMP_NUM_THREADS; default 1). The "
+                             "count changes results bit for bit, so it is fixed, not cores // N")
+    parser.add_argument("--gpus", type=gpu_list, metavar="LIST",
+                        help="GPUs to share out, e.g. 0,1,2,3: each running stage gets --nproc of "
+                             "them (CUDA_VISIBLE_DEVICES); more jobs than that share them")
     return parser.parse_args(argv)
+
+
+def gpu_list(text):
+    try:
+        gpus = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of GPU "
+                                         "numbers, e.g. 0,1,2,3") from None
+    if min(gpus) < 0 or len(set(gpus)) != len(gpus):
+        raise argparse.ArgumentTypeError(f"{text!r}: give each GPU number (0 or more) once")
+    return gpus
+
+
+def check_parallel(args, cuda_count=None):
+    """--jobs, --threads, --gpus and --nproc, checked together before anything runs."""
+    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--nproc", args.nproc)):
+        if value < 1:
+            raise ConfigError(f"{flag} {value}: give 1 or more")
+    if args.gpus is None:
+        if args.nproc > 1 and args.jobs > 1:
+            raise ConfigError(f"--nproc {args.nproc} with --jobs {args.jobs} needs --gpus: which "
+                              "GPUs each stage's processes use (e.g. --gpus 0,1,2,3)")
+        return
+    if args.device == "cpu":
+        raise ConfigError("--gpus with --device cpu: leave out one of them")
+    if cuda_count is None:
+        import torch  # only here: the plan itself needs no CUDA
+        cuda_count = torch.cuda.device_count()
+    missing = [g for g in args.gpus if g >= cuda_count]
+    if missing:
+        raise ConfigError(f"--gpus {','.join(map(str, args.gpus))}: this machine has {cuda_count} "
+                          f"CUDA GPU(s) (0 to {cuda_count - 1}), so GPU {missing[0]} does not exist"
+                          if cuda_count else "--gpus: this machine has no CUDA GPU")
+    if len(args.gpus) < args.nproc:
+        raise ConfigError(f"--nproc {args.nproc} needs at least {args.nproc} GPUs in --gpus, "
+                          f"which names {len(args.gpus)}")
 
 
 def script_flags(args):
@@ -62,8 +110,7 @@ def main(argv=None):
     args = parse(argv)
     if args.data_dir:  # the scripts run in the plan's base folder, not necessarily here
         args.data_dir = str(Path(args.data_dir).resolve())
-    if args.nproc < 1:
-        raise ConfigError(f"--nproc {args.nproc}: give 1 or more processes")
+    check_parallel(args)
     plan = make_plan(args.folder, args.seeds, args.set)
     if args.sweep:
         plan = sweep_plan(plan, args.sweep, args.set)
@@ -71,7 +118,9 @@ def main(argv=None):
     if args.dry_run:
         return
     try:
-        outcomes = execute(plan, SubprocessRunner(plan.base, script_flags(args), args.nproc), Progress())
+        runner = SubprocessRunner(plan.base, script_flags(args), args.nproc, args.threads, args.gpus,
+                                  args.jobs)
+        outcomes = execute(plan, runner, Progress(), args.jobs)
         written = report_sweep(plan, outcomes, args) if plan.sweep else report(plan, outcomes, args)
     except KeyboardInterrupt:  # outside a script (those are handled by the runner)
         raise Interrupted("interrupted; run the same command again to continue") from None

@@ -1,17 +1,19 @@
 """What reproduce.py shows while it works: one line per run, and on a terminal a live status line.
 
     progress = Progress()                      # live line only when stdout is a terminal
-    progress.begin(15); progress.at(3, run); progress.start(run, status)
-    progress.output("Epoch 4/15\n")            # the child's lines: epoch and accuracy for the live line
-    progress.end(run, outcome)
+    progress.begin(15); progress.start(3, run, status)
+    progress.output(run, "Epoch 4/15\n")       # a child's lines: epoch and accuracy for the live line
+    progress.end(3, run, outcome)
 
 The permanent lines look like
     [3/15 0:02:41] kd_nasty_preresnet20/nasty_preresnet20 (nasty, preresnet20): ran in 67 s, best 98.89
-so a log of a batch job reads the same as the screen.
+so a log of a batch job reads the same as the screen. With several jobs the live line shows every
+running stage; the runs' threads call in together, so every method holds one lock.
 """
 import re
 import shutil
 import sys
+import threading
 import time
 
 from .runner import exit_text
@@ -35,38 +37,55 @@ class Progress:
     def __init__(self, stream=None, live=None):
         self.stream = stream or sys.stdout
         self.live = self.stream.isatty() if live is None else live
-        self.total, self.position, self.started = 0, 0, time.time()
-        self.run, self.epoch, self.accuracy, self.shown = None, "", "", False
+        self.total, self.started, self.shown = 0, time.time(), False
+        self.running = {}  # run.key -> [position, run, epoch text, accuracy text]
+        self.lock = threading.RLock()
 
     def begin(self, total):
         self.total, self.started = total, time.time()
 
-    def at(self, position, run):
-        self.position, self.run, self.epoch, self.accuracy = position, run, "", ""
-
-    def prefix(self):
-        stage = self.run.stage
-        return (f"[{self.position}/{self.total} {clock(time.time() - self.started)}] {self.run.label} "
+    def prefix(self, position, run):
+        stage = run.stage
+        return (f"[{position}/{self.total} {clock(time.time() - self.started)}] {run.label} "
                 f"({stage.method.name}, {stage.params.model_name})")
 
-    def start(self, run, status):
+    def start(self, position, run, status):
         what = (f"resuming after epoch {status.epoch} of {status.num_epochs}"
                 if status.state == "resume" else
                 f"training {status.num_epochs} epoch{'s' if status.num_epochs > 1 else ''}")
-        self.line(f"{self.prefix()}: {what}, log: {run.folder / 'reproduce.log'}")
+        with self.lock:
+            self.running[run.key] = [position, run, "", ""]
+            self.line(f"{self.prefix(position, run)}: {what}, log: {run.folder / 'reproduce.log'}")
 
-    def output(self, text):
-        """A line of the child's output: keeps the live line's epoch and accuracy current."""
+    def output(self, run, text):
+        """A line of `run`'s output: keeps the live line's epoch and accuracy current."""
         epoch, accuracy = EPOCH_LINE.match(text), EVAL_LINE.match(text)
-        if epoch:
-            self.epoch = f"epoch {epoch.group(1)}/{epoch.group(2)}"
-        if accuracy:
-            self.accuracy = f", test acc {float(accuracy.group(1)):.2f}"
-        if self.live and (epoch or accuracy):
-            self.draw(f"{self.prefix()}: {self.epoch}{self.accuracy}")
+        if not (epoch or accuracy):
+            return
+        with self.lock:
+            state = self.running.get(run.key)
+            if state is None:
+                return
+            if epoch:
+                state[2] = f"epoch {epoch.group(1)}/{epoch.group(2)}"
+            if accuracy:
+                state[3] = f", test acc {float(accuracy.group(1)):.2f}"
+            if self.live:
+                self.draw(self.status_text())
 
-    def end(self, run, outcome):
-        self.line(f"{self.prefix()}: {self.result(run, outcome)}")
+    def status_text(self):
+        states = list(self.running.values())
+        if len(states) == 1:
+            position, run, epoch, accuracy = states[0]
+            return f"{self.prefix(position, run)}: {epoch}{accuracy}"
+        parts = [f"{run.label} {epoch}{accuracy.replace(', test acc', ' acc')}".strip()
+                 for _, run, epoch, accuracy in states]
+        return f"[{clock(time.time() - self.started)}] {len(states)} running: " + " | ".join(parts)
+
+    def end(self, position, run, outcome):
+        with self.lock:
+            self.running.pop(run.key, None)
+            self.line(f"{self.prefix(position, run)}: {self.result(run, outcome)}")
 
     @staticmethod
     def result(run, outcome):
@@ -90,9 +109,12 @@ class Progress:
         self.shown = True
 
     def line(self, text):
-        """A permanent line (the live line, if any, is cleared first)."""
-        if self.shown:
-            self.stream.write("\r\x1b[K")
-            self.shown = False
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        """A permanent line (the live line, if any, is cleared first and drawn again after)."""
+        with self.lock:
+            if self.shown:
+                self.stream.write("\r\x1b[K")
+                self.shown = False
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            if self.live and len(self.running) > 1:
+                self.draw(self.status_text())

@@ -1,23 +1,33 @@
-"""Carrying out a plan (repro/pipeline.py): each run with the real training script, in order.
+"""Carrying out a plan (repro/pipeline.py): each run with the real training script, up to `jobs` at once.
 
-    outcomes = execute(plan, SubprocessRunner(plan.base, ["--device", "cpu"]), Progress())
+    outcomes = execute(plan, SubprocessRunner(plan.base, ["--device", "cpu"]), Progress(), jobs=2)
     outcomes[("baseline/preresnet20", None)].state        # "done", "ran", "failed" or "skipped"
 
 Each run is a child process (`python train_*.py --save_path RUN --resume auto`), so a crash or
 an out-of-memory kill takes down one stage, not the driver. Its output is appended to
 `RUN/reproduce.log`, and each attempt's wall time to `RUN/reproduce.jsonl`. A run that fails
 stops only the runs that need its checkpoint; everything else still runs.
+
+With `jobs` > 1 a run starts as soon as the run whose checkpoint it reads has finished and a job
+is free, taking the first such run in plan order (so `jobs=1` is the plan's order). Children run
+in sessions of their own: Ctrl-C or SIGTERM reaches reproduce.py alone, which hands the same
+signal to every running child once, lets each save its epoch, and stops; a child whose driver dies
+by SIGKILL gets SIGTERM from the kernel (utils/runtime.stop_with_parent).
 """
 import json
 import os
+import queue
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import NamedTuple, Optional
 
-from utils.errors import Interrupted  # noqa: F401 (reproduce.py's Ctrl-C error too)
+from utils.errors import Interrupted
+from utils.runtime import PARENT_ENV, Terminated
 from utils.tracking import read_jsonl
 from utils.checkpoint import load_checkpoint
 from .pipeline import PROJECT_ROOT, changed_keys, run_status, write_run_config
@@ -25,6 +35,7 @@ from .pipeline import PROJECT_ROOT, changed_keys, run_status, write_run_config
 LOG_NAME = "reproduce.log"
 ATTEMPTS_NAME = "reproduce.jsonl"
 STOP_WAIT = 60  # seconds a child gets after Ctrl-C to write its checkpoint and exit
+TORCHRUN = PROJECT_ROOT / "repro" / "launch.py"  # torchrun that ends with reproduce.py
 
 
 class Outcome(NamedTuple):
@@ -35,36 +46,77 @@ class Outcome(NamedTuple):
     message: str = ""                  # failed: the script's error line; skipped: why
 
 
-def execute(plan, runner, progress):
-    """Run every run of `plan` that is not finished; {run.key: Outcome}."""
-    outcomes = {}
+def execute(plan, runner, progress, jobs=1):
+    """Run every run of `plan` that is not finished, up to `jobs` at once; {run.key: Outcome}."""
+    outcomes, waiting, running = {}, list(enumerate(plan.runs, 1)), {}
     progress.begin(len(plan.runs))
-    for position, run in enumerate(plan.runs, 1):
-        progress.at(position, run)
-        outcome = execute_one(plan, run, runner, progress, outcomes)
-        outcomes[run.key] = outcome
-        progress.end(run, outcome)
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
+        try:
+            while waiting or running:
+                start_ready(plan, runner, progress, pool, (outcomes, waiting, running), jobs)
+                if running:  # a timeout keeps Ctrl-C prompt while the children work
+                    finished, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                    for future in finished:
+                        position, run = running.pop(future)
+                        outcomes[run.key] = future.result()
+                        progress.end(position, run, outcomes[run.key])
+        except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (runtime.Terminated)
+            labels = [run.label for _, run in running.values()]
+            stop_children(runner, stop)
+            raise Interrupted(f"interrupted{' during ' + ', '.join(labels) if labels else ''}; run "
+                              "the same command again: finished runs are skipped and the "
+                              "interrupted ones resume from their last epoch") from None
     return outcomes
 
 
-def execute_one(plan, run, runner, progress, outcomes):
+def start_ready(plan, runner, progress, pool, state, jobs):
+    """Settle or start, in plan order, every run whose parent has an outcome, while jobs are free."""
+    outcomes, waiting, running = state
+    settled = True
+    while settled:  # a run settled without training may make the next one ready
+        settled = False
+        for item in list(waiting):
+            position, run = item
+            parent = plan.parent_key(run)
+            if parent is not None and parent not in outcomes:
+                continue
+            if len(running) >= jobs:
+                return
+            waiting.remove(item)
+            outcome, status = settle(plan, run, outcomes)
+            if outcome is not None:
+                outcomes[run.key] = outcome
+                progress.end(position, run, outcome)
+                settled = True
+                break
+            progress.start(position, run, status)
+            running[pool.submit(runner, run, status, progress)] = (position, run)
+
+
+def settle(plan, run, outcomes):
+    """(Outcome, None) for a run that needs no training now, else (None, its Status)."""
     parent = plan.parent_key(run)
     if parent is not None and outcomes[parent].state in ("failed", "skipped"):
         if (run.folder / "params.json").is_file() and run_status(run).state == "done":
-            return Outcome("done")  # finished before: its numbers stay in the table
+            return Outcome("done"), None  # finished before: its numbers stay in the table
         name = run.parent_run.label
-        return Outcome("skipped", message=f"needs {name}, which {outcomes[parent].state}")
+        return Outcome("skipped", message=f"needs {name}, which {outcomes[parent].state}"), None
     if run.generated:
         write_run_config(run, plan.base)
     status = run_status(run)
     if status.state == "done":
-        return Outcome("done")
+        return Outcome("done"), None
     if status.state == "changed":  # never overwrite a finished run with other settings silently
         changes = "; ".join(changed_keys(run, load_checkpoint(run.folder / "last_model.tar")))
         return Outcome("failed", message=f"{run.folder} was {changes}: delete its last_model.tar "
-                       "to retrain it, or use --sweep, which trains in folders of its own")
-    progress.start(run, status)
-    return runner(run, status, progress)
+                       "to retrain it, or use --sweep, which trains in folders of its own"), None
+    return None, status
+
+
+def stop_children(runner, stop):
+    """Hand the signal that stopped reproduce.py to the running children and wait for them."""
+    if hasattr(runner, "stop_all"):
+        runner.stop_all(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
 
 
 def exit_text(code):
@@ -77,69 +129,123 @@ def exit_text(code):
 
 
 class SubprocessRunner:
-    """Runs a stage's training script in a child process started in `base`."""
+    """Runs a stage's training script in a child process started in `base`.
 
-    def __init__(self, base, flags=(), nproc=1):
-        self.base, self.flags, self.nproc = base, list(flags), nproc
+    Every child gets `threads` intra-op threads, whatever the number of jobs: the thread count
+    changes how sums are split and so the numbers, bit for bit. With `gpus`, each of the `jobs`
+    slots owns `nproc` of them (CUDA_VISIBLE_DEVICES); more slots than GPU groups share them.
+    """
+
+    def __init__(self, base, flags=(), nproc=1, threads=1, gpus=None, jobs=1):
+        self.base, self.flags, self.nproc, self.threads = base, list(flags), nproc, threads
+        self.groups = gpu_groups(gpus, nproc) if gpus else None
+        self.slots = queue.SimpleQueue()
+        for slot in range(jobs):
+            self.slots.put(slot)
+        self.children, self.lock, self.stopping = set(), threading.Lock(), False
 
     def command(self, run):
         # nproc > 1: the same script under torchrun on this machine's GPUs (or CPU processes)
-        launcher = (["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={self.nproc}"]
+        launcher = ([str(TORCHRUN), "--standalone", f"--nproc_per_node={self.nproc}"]
                     if self.nproc > 1 else [])
         return [sys.executable, *launcher, str(PROJECT_ROOT / run.stage.method.script_file),
                 "--save_path", str(run.folder), "--resume", "auto", *self.flags,
                 *[f"--set={key}={json.dumps(value)}" for key, value in run.overrides.items()]]
 
+    def environment(self, slot):
+        """The child's variables: line-by-line output, its threads, its GPUs, its driver's pid."""
+        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(self.threads),
+                   MKL_NUM_THREADS=str(self.threads))
+        env[PARENT_ENV] = str(os.getpid())
+        if self.groups:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.groups[slot % len(self.groups)]))
+        return env
+
     def __call__(self, run, status, progress):
-        command, log_path = self.command(run), run.folder / LOG_NAME
-        started, code, error = time.time(), None, ""
+        command, log_path, slot = self.command(run), run.folder / LOG_NAME, self.slots.get()
+        env, started, code, error = self.environment(slot), time.time(), None, ""
         try:
-            code, error = self.follow(command, log_path, progress)
+            code, error = self.follow(command, env, log_path, lambda line: progress.output(run, line))
         finally:  # an interrupted attempt's time counts too
-            record_attempt(run.folder, command, started, code)
+            self.slots.put(slot)
+            record_attempt(run.folder, command, started, code, env)
         seconds = time.time() - started
         if code == 0:
             return Outcome("ran", 0, seconds, str(log_path))
         return Outcome("failed", code, seconds, str(log_path), error)
 
-    def follow(self, command, log_path, progress):
-        """Run `command`, its output to `log_path` and to `progress`; (exit code, error line):
+    def follow(self, command, env, log_path, output):
+        """Run `command`, its output to `log_path` and to `output`; (exit code, error line):
         the last `error: ...` line the scripts print, else the last line (a traceback's)."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines as they come, for the progress line
         with open(log_path, "a", encoding="utf-8", buffering=1) as log:  # line by line: readable live
             log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} in {self.base}: "
                       f"{shlex.join(command)}\n")
-            child = subprocess.Popen(command, cwd=self.base, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace")
+            child = self.spawn(command, env)
+            if child is None:
+                log.write("==== not started: reproduce.py is stopping\n")
+                return None, "not started: reproduce.py is stopping"
             error, last = "", ""
             try:
                 for line in child.stdout:
                     log.write(line)
                     last = line.strip() or last
                     error = line.strip() if line.startswith("error:") else error
-                    progress.output(line)
-                return child.wait(), error or last
-            except KeyboardInterrupt:
-                stop_child(child)
-                log.write(f"==== interrupted ({exit_text(child.returncode)})\n")
-                raise Interrupted(f"interrupted during {command[command.index('--save_path') + 1]}; "
-                                  "run the same command again: finished runs are skipped and "
-                                  "this one resumes from its last epoch") from None
+                    output(line)
+                code = child.wait()
+            finally:
+                with self.lock:
+                    self.children.discard(child)
+            if self.stopping:
+                log.write(f"==== interrupted ({exit_text(code)})\n")
+            return code, error or last
+
+    def spawn(self, command, env):
+        """Start a child in a session of its own (a terminal's Ctrl-C reaches reproduce.py only,
+        which forwards it once); None once stop_all has begun."""
+        with self.lock:
+            if self.stopping:
+                return None
+            child = subprocess.Popen(command, cwd=self.base, env=env, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, errors="replace",
+                                     start_new_session=True)
+            self.children.add(child)
+            return child
+
+    def stop_all(self, signum):
+        """Send `signum` to every running child once, give them STOP_WAIT seconds together to save
+        their epoch and exit, then kill what is left (their whole process group: torchrun's ranks)."""
+        with self.lock:
+            self.stopping = True
+            children = list(self.children)
+        for child in children:
+            signal_group(child, signum)
+        deadline = time.time() + STOP_WAIT
+        for child in children:
+            try:
+                child.wait(timeout=max(0.0, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                signal_group(child, signal.SIGKILL)
+                child.wait()
 
 
-def stop_child(child):
-    """After Ctrl-C (which the child got too): let it save its epoch and exit, then make sure."""
+def signal_group(child, signum):
     try:
-        child.wait(timeout=STOP_WAIT)
-    except subprocess.TimeoutExpired:
-        child.kill()
-        child.wait()
+        os.killpg(child.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # already gone
 
 
-def record_attempt(folder, command, started, code):
+def gpu_groups(gpus, nproc):
+    """`gpus` cut into groups of `nproc`, one group per concurrent stage (round robin)."""
+    return [gpus[i:i + nproc] for i in range(0, len(gpus) - nproc + 1, nproc)]
+
+
+def record_attempt(folder, command, started, code, env=None):
+    env = env or {}
     row = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
            "seconds": round(time.time() - started, 3), "exit_code": code,
-           "command": shlex.join(command)}
+           "command": shlex.join(command), "threads": env.get("OMP_NUM_THREADS"),
+           "gpus": env.get("CUDA_VISIBLE_DEVICES")}
     with open(folder / ATTEMPTS_NAME, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
 

@@ -3,6 +3,8 @@ import re
 import subprocess
 import sys
 
+import torch
+
 from conftest import ROOT
 
 
@@ -28,3 +30,18 @@ def test_loader_throughput_lists_each_worker_count_and_ours():
     assert names == ["torchvision DataLoader, 0 workers", "torchvision DataLoader, 1 workers",
                      "ours (device loader on cpu)"]
     assert lines[-1].endswith("1.0x")
+
+
+def test_jobs_bench_copies_the_tracked_configs_and_compares_weights(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    import jobs
+    jobs.copy_configs("experiments/Digits", tmp_path)
+    copied = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("params.json"))
+    assert len(copied) == 5 and not any("seed_" in c or "sweep_" in c for c in copied)
+    one = {"run": {"w": torch.ones(2)}}
+    runs = {"1x1": (1, one), "2x1": (1, {"run": {"w": torch.ones(2)}}), "1x2": (2, one)}
+    rows = [("1x1", 1, 1, 100.0, ["python", "reproduce.py", "x"]), ("2x1", 2, 1, 50.0, ["python", "reproduce.py", "x"]),
+            ("1x2", 1, 2, 80.0, ["python", "reproduce.py", "x"])]
+    jobs.print_table(rows, runs, type("A", (), {"tree": "t", "seeds": [0]}))
+    out = capsys.readouterr().out
+    assert "| 2 | 1 | 0.8 min (50 s) | 2.00x | 1x1 |" in out and "| 1 | 2 | 1.3 min (80 s) | 1.25x | — |" in out

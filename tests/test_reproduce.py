@@ -19,7 +19,7 @@ from conftest import ROOT
 from configs import KD, NASTY, TINY as NET, FakeRunner, fake_train, paper_tree, quiet, write_config  # noqa: F401
 from utils.checkpoint import save_checkpoint
 from utils.errors import ConfigError, NastyError
-from repro.pipeline import find_config_folders, make_plan, run_config, run_status, write_run_config
+from repro.pipeline import Status, find_config_folders, make_plan, run_config, run_status, write_run_config
 from repro.progress import Progress
 from repro.runner import Outcome, execute
 from utils.tracking import read_metrics
@@ -180,7 +180,7 @@ def test_finished_runs_are_skipped_and_started_ones_resume(tmp_path):
 def test_a_failing_stage_stops_only_what_needs_it(tmp_path, monkeypatch, capsys):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     runner = FakeRunner(by_stage, fail={"b_nasty/teacher"})
-    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda base, flags, nproc: runner)
+    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda *args: runner)
     with pytest.raises(NastyError, match=r"^1 run\(s\) failed and 1 that need them were skipped"):
         reproduce.main([str(tree), "--no-figures"])
     out = capsys.readouterr().out
@@ -213,7 +213,7 @@ def test_a_finished_run_keeps_its_numbers_when_its_teacher_fails_later(tmp_path)
 def test_seeds_give_mean_and_sample_std(tmp_path, monkeypatch):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     runner = FakeRunner(by_stage)  # accuracy + seed: seeds 0, 1, 2 give x, x+1, x+2
-    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda base, flags, nproc: runner)
+    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda *args: runner)
     reproduce.main([str(tree), "--no-figures", "--seeds", "0", "1", "2"])
     assert len(runner.calls) == 15 and runner.calls[5][:2] == ("z_base/teacher", 1)
     table = (tree / "results.md").read_text()
@@ -234,15 +234,15 @@ def test_seeds_give_mean_and_sample_std(tmp_path, monkeypatch):
 def test_progress_shows_position_stage_and_epoch():
     import io
     stream = io.StringIO()
-    plan_run = type("R", (), {"label": "base/t [seed 1]", "folder": ROOT,
+    plan_run = type("R", (), {"label": "base/t [seed 1]", "folder": ROOT, "key": ("base/t", 1),
                               "stage": type("S", (), {"method": methods.get_method("scratch"),
                                                       "params": type("P", (), {"model_name": "net"})})})
     progress = Progress(stream=stream, live=True)
     progress.begin(5)
-    progress.at(2, plan_run)
-    progress.output("Epoch 3/15\n")
-    progress.output("- Eval metrics : acc: 97.214 ; loss: 0.100\n")
-    progress.end(plan_run, Outcome("skipped", message="needs x, which failed"))
+    progress.start(2, plan_run, Status("new", 0, 15))
+    progress.output(plan_run, "Epoch 3/15\n")
+    progress.output(plan_run, "- Eval metrics : acc: 97.214 ; loss: 0.100\n")
+    progress.end(2, plan_run, Outcome("skipped", message="needs x, which failed"))
     text = stream.getvalue()
     assert "\r\x1b[K[2/5 0:00:00] base/t [seed 1] (scratch, net): epoch 3/15, test acc 97.21" in text
     assert text.endswith("\r\x1b[K[2/5 0:00:00] base/t [seed 1] (scratch, net): skipped: needs x, "
@@ -345,7 +345,8 @@ def test_nproc_trains_each_stage_under_torchrun(tmp_path, capsys):
     write_config(tree / "alone", batch_size=100)
     reproduce.main([str(tree), "--device", "cpu", "--nproc", "2", "--no-figures"])
     attempt = json.loads((tree / "alone" / "reproduce.jsonl").read_text().splitlines()[-1])
-    assert "-m torch.distributed.run --standalone --nproc_per_node=2 " in attempt["command"]
+    assert "repro/launch.py --standalone --nproc_per_node=2 " in attempt["command"]
+    assert attempt["threads"] == "1" and attempt["gpus"] is None
     assert "torchrun: 2 processes; global batch 100" in (tree / "alone" / "training.log").read_text()
     assert f"| `alone` | scratch | net | ran | {best(tree, 'alone'):.2f} | 1 of 1 |" in \
         (tree / "results.md").read_text()

@@ -10,6 +10,7 @@ send) stop a run as Ctrl-C does, with exit status 143.
 """
 import argparse
 import contextlib
+import ctypes
 import fcntl
 import json
 import logging
@@ -207,10 +208,30 @@ def interruption_error(message, interruption):
     return error
 
 
+PARENT_ENV = "NASTY_TEACHER_DRIVER_PID"  # set by reproduce.py for the children it starts
+PR_SET_PDEATHSIG = 1
+
+
+def stop_with_parent():
+    """A child of reproduce.py gets SIGTERM (which stops a run like Ctrl-C) when the thread that
+    started it ends, even by SIGKILL, so no training outlives its driver. Linux only; the
+    variable is removed so that this process's own children (torchrun's ranks) do not act on it."""
+    pid = os.environ.pop(PARENT_ENV, None)
+    if not pid or not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(pid):  # the driver died before the line above: stop now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def run_script(main, argv=None):
     """Run `main(argv)`; user errors become one line on stderr and their exit code. SIGTERM
     raises Terminated (a KeyboardInterrupt) in the main thread, as Ctrl-C does."""
     world = distributed.launched_world()
+    stop_with_parent()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         main(argv)
