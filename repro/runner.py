@@ -62,10 +62,13 @@ def execute(plan, runner, progress, jobs=1):
                         progress.end(position, run, outcomes[run.key])
         except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (runtime.Terminated)
             labels = [run.label for _, run in running.values()]
-            stop_children(runner, stop)
+            stop_children(runner, signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
             raise Interrupted(f"interrupted{' during ' + ', '.join(labels) if labels else ''}; run "
                               "the same command again: finished runs are skipped and the "
                               "interrupted ones resume from their last epoch") from None
+        except BaseException:  # the driver's own error: no training is left running behind it
+            stop_children(runner, signal.SIGTERM)
+            raise
     return outcomes
 
 
@@ -113,10 +116,10 @@ def settle(plan, run, outcomes):
     return None, status
 
 
-def stop_children(runner, stop):
-    """Hand the signal that stopped reproduce.py to the running children and wait for them."""
+def stop_children(runner, signum):
+    """Hand `signum` (the one that stopped reproduce.py) to the running children; wait for them."""
     if hasattr(runner, "stop_all"):
-        runner.stop_all(signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT)
+        runner.stop_all(signum)
 
 
 def exit_text(code):

@@ -223,3 +223,23 @@ def test_sigterm_or_sigkill_of_reproduce_leaves_no_training_behind(tmp_path):
     finally:
         for pid in tree_processes(tree):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_an_error_of_the_driver_stops_the_running_children(tmp_path):
+    tree = paper_tree(tmp_path / "tree", tmp_path)
+    plan = make_plan(tree)
+
+    class Broken(TimedRunner):
+        stopped = None
+
+        def __call__(self, run, status, progress):
+            if run.stage.name == "z_base/student":
+                raise OSError("no such interpreter")
+            return super().__call__(run, status, progress)
+
+        def stop_all(self, signum):
+            Broken.stopped = signum
+
+    with pytest.raises(OSError, match="no such interpreter"):
+        execute(plan, Broken(lambda r: 90.0, seconds=0.3), quiet(), jobs=2)
+    assert Broken.stopped == signal.SIGTERM
