@@ -93,6 +93,10 @@ class Method:
     on_start: Optional[Callable] = None  # on_start(run, frozen): e.g. log the teacher's accuracy
     diverged_hint: str = ""          # what else to lower when the loss diverges
     check: Optional[Callable] = None  # check(typed values) -> [problems] across keys, e.g. k >= 1
+    # train_split(params, frozen, save_path, log, world) -> utils.datasets.Split: the training
+    # split to use instead of the real one, which is then never read (data-free distillation).
+    # Called with the frozen networks loaded, on rank 0 first, then on the others.
+    train_split: Optional[Callable] = None
 
     @property
     def script_file(self):

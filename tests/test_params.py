@@ -12,7 +12,7 @@ from utils.params import COMMON, DATASETS, all_keys, describe, load_params, para
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 ALL_CONFIGS = sorted(EXPERIMENTS.rglob("params.json"))
 # folders of the follow-up papers' configs (experiments/FOLLOWUPS.md), beside the original's
-FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_")
+FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_", "datafree_")
 # per-seed and per-sweep runs that reproduce.py writes below a stage
 GENERATED_PREFIXES = ("seed_", "sweep_")
 
@@ -440,7 +440,7 @@ def test_schema_rows_are_complete_and_unique():
         assert key.why and key.kind
     # one row shared by every method with soft labels (registration order: the original's three,
     # then the other modules of methods/ alphabetically)
-    assert methods.method_keys()["temperature"][1] == ["nasty", "kd", "skeptical"]
+    assert methods.method_keys()["temperature"][1] == ["nasty", "kd", "deepinversion", "skeptical"]
 
 
 def test_params_from_dict_and_describe():

@@ -12,7 +12,7 @@ identical batches for the same seed.
 """
 import math
 from functools import partial
-from typing import Callable, NamedTuple, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
@@ -32,8 +32,8 @@ DIGITS_STD = (0.3240893623633842,) * 3
 class DatasetSpec(NamedTuple):
     num_classes: int
     input_size: int
-    mean: Tuple[float, ...]            # per channel, on the 0..1 scale
-    std: Tuple[float, ...]
+    mean: Optional[Tuple[float, ...]]  # per channel, 0..1 scale; None: measured on the training split
+    std: Optional[Tuple[float, ...]]
     read: Callable                     # read(data_dir, train, num_workers) -> Split
     augmentation: Callable             # () -> the training augmentation of the original
 
@@ -156,7 +156,7 @@ def build_loaders(params, device, eval_batch_size=None, world=SINGLE, train_spli
         test = spec.read(params.data_dir, False, params.num_workers)
     check_batch_size(params, len(train.labels))
     check_world_batch(params.path, params.batch_size, len(train.labels), world)
-    mean, std = spec.mean, spec.std
+    mean, std = (spec.mean, spec.std) if spec.mean else channel_stats(train.images)
     augmentation = spec.augmentation() if params.augmentation else NoAugmentation()
     layout = getattr(params, "channels_last", False)
     train_loader = DeviceLoader(train, params.batch_size, device, mean, std, augmentation,

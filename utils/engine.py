@@ -87,11 +87,14 @@ def prepare(args, script, overrides=None):
         params = load_params(save_path, script, {**overrides, **fast})
     log = start_logging(params, device, world, fast)
     seed_everything(params.seed, params.deterministic)
-    train_loader, test_loader = build_loaders(params, device, max(params.batch_size, EVAL_BATCH), world)
+    frozen, train_split = replacement_split(params, device, log, world, save_path)
+    train_loader, test_loader = build_loaders(params, device, max(params.batch_size, EVAL_BATCH), world,
+                                              train_split)
     log.info(f"Create Model --- {params.model_name}")
     model = build_network(params, params.model_name, device)
     model = distributed.convert_sync_bn(model, world, device, params.sync_bn)
-    frozen = load_frozen_networks(params, device, log)
+    if frozen is None:  # after the model, as always: the random initialisations stay the same
+        frozen = load_frozen_networks(params, device, log)
     objective = params.method_entry.build(params, frozen).to(device)
     optimizer = make_optimizer(params.model_name, [*model.parameters(), *objective.parameters()],
                                params.learning_rate)
@@ -127,6 +130,17 @@ def check_checkpoints_exist(params, args):
         paths.append(args.resume)
     for path in paths:
         check_file(path)
+
+
+def replacement_split(params, device, log, world, save_path):
+    """(frozen networks, training split) for a method that makes its own training split (e.g.
+    synthesised from the teacher); (None, None) for the others, which read the real one."""
+    make_split = params.method_entry.train_split
+    if make_split is None:
+        return None, None
+    frozen = load_frozen_networks(params, device, log)
+    with distributed.main_first(world):  # rank 0 makes it (and its cache), the others then read it
+        return frozen, make_split(params, frozen, save_path, log, world)
 
 
 def load_frozen_networks(params, device, log):
