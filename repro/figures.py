@@ -13,22 +13,28 @@ Per normal teacher (with `<model>` its network, e.g. preresnet20):
                        alone, from the normal and from the nasty teacher (mean over seeds,
                        the band spans the seeds' lowest to highest).
 The teachers run on the CPU over at most COMPARE_LIMIT test images, the same number per class.
+Per tree with data-free students (methods/deepinversion.py):
+  synthetic.png        the first SYNTHETIC_SHOWN images each deepinversion stage synthesised from
+                       its teacher (its first finished run's synthetic.pt), one grid per teacher.
 """
 import re
 from pathlib import Path
 
 import torch
 
+from utils.checkpoint import load_checkpoint
 from utils.data import build_loaders
 from utils.evaluation import compare_outputs, predict
 from .matrix import draw_matrix
 from utils.errors import NastyError
 from utils.networks import load_frozen
 from utils.params import load_params
+from utils.synthesis import CACHE_NAME
 
 COMPARE_LIMIT = 1000
 EXAMPLES = 4      # images in the softmax figure: the first test image of classes 0, 1, 2, 3
 RANKS = 10        # ranked probabilities shown
+SYNTHETIC_SHOWN = 20  # image i aims at class i mod classes: on Digits, 0 to 9 twice
 COLORS = {"normal": "tab:blue", "nasty": "tab:red", "alone": "tab:gray"}
 
 
@@ -175,6 +181,28 @@ def draw_curves(plt, path, panels):
     save(plt, figure, path)
 
 
+def image_grid(images, per_row=10, pad=2):
+    """uint8 images (N, C, H, W) as one (rows, columns, C) array, `per_row` a row, white gaps."""
+    n, channels, height, width = images.shape
+    rows = -(-n // per_row)
+    grid = torch.full((channels, pad + rows * (height + pad), pad + per_row * (width + pad)), 255,
+                      dtype=torch.uint8)
+    for i, image in enumerate(images):
+        top, left = pad + (i // per_row) * (height + pad), pad + (i % per_row) * (width + pad)
+        grid[:, top:top + height, left:left + width] = image
+    return grid.permute(1, 2, 0).numpy()
+
+
+def draw_synthetic(plt, path, sets):
+    """sets: [(title, uint8 images, labels)], one grid each, one above the other."""
+    figure, axes = plt.subplots(len(sets), 1, figsize=(8, 2.1 * len(sets)), squeeze=False)
+    for axis, (title, images, labels) in zip(axes[:, 0], sets):
+        axis.imshow(image_grid(images), interpolation="nearest")
+        axis.set_title(f"{title}; target classes {' '.join(map(str, labels.tolist()))}", fontsize=8)
+        axis.axis("off")
+    save(plt, figure, path)
+
+
 # ----------------------------------------------------------------------------- a plan's figures
 
 def finished_curves(results, name):
@@ -234,6 +262,31 @@ def group_figures(plan, results, group, name, plt, data_dir):
         group["figures"].append(f"curves_{name}.png")
 
 
+def synthetic_sets(plan, results):
+    """[(title, images, labels)]: the first images of each deepinversion stage's first finished run."""
+    sets = []
+    for name, stage in results["stages"].items():
+        runs = [r for r in stage["runs"] if r["finished"] and (Path(r["folder"]) / CACHE_NAME).exists()]
+        if stage["method"] != "deepinversion" or not runs:
+            continue
+        held = load_checkpoint(Path(runs[0]["folder"]) / CACHE_NAME)["state_dict"]
+        seed = "" if results["seeds"] is None else f", seed {runs[0]['seed']}"
+        sets.append((f"{name}: from {plan.stage(name).parent or 'an external teacher'}{seed}",
+                     held["images"][:SYNTHETIC_SHOWN], held["labels"][:SYNTHETIC_SHOWN]))
+    return sets
+
+
+def add_synthetic_figure(plan, results, plt):
+    """synthetic.png, listed under the first table of results.md (a matrix, else a group)."""
+    sets = synthetic_sets(plan, results)
+    if not sets:
+        return
+    draw_synthetic(plt, plan.root / "synthetic.png", sets)
+    tables = results.get("matrices", []) + results["groups"]
+    if tables:
+        tables[0]["figures"].append("synthetic.png")
+
+
 def add_figures(plan, results, data_dir=None, draw=True):
     """Draw every group's figures into the tree and note their names (and problems) in `results`.
 
@@ -260,3 +313,8 @@ def add_figures(plan, results, data_dir=None, draw=True):
             record["figures"].append(f"{name}.png")
         except Exception as error:  # a figure is never a reason to lose the table
             results["notes"].append(f"no heat map {name}: {type(error).__name__}: {error}")
+    if plt:
+        try:
+            add_synthetic_figure(plan, results, plt)
+        except Exception as error:  # a figure is never a reason to lose the table
+            results["notes"].append(f"no synthetic-image figure: {type(error).__name__}: {error}")
