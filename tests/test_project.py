@@ -31,8 +31,9 @@ def test_requirements_name_what_the_project_imports():
 
 
 EXPERIMENTS = ROOT / "experiments"
-# the follow-up papers' configs (experiments/FOLLOWUPS.md): stingy teacher, skeptical student
-FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_")
+# the follow-up papers' configs (experiments/FOLLOWUPS.md): stingy teacher, skeptical student,
+# data-free (DeepInversion) student
+FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_", "datafree_")
 GENERATED_PREFIXES = ("seed_", "sweep_")  # reproduce.py's per-seed and per-sweep runs
 
 
@@ -97,7 +98,8 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
         "CIFAR100/kd_stingy_resnext29": ["mobilenetv2", "resnet18", "resnext29", "shufflenetv2"],
         "CIFAR10/skeptical_nasty_resnet18": ["mobilenetv2", "resnet18", "resnet50"],
         "CIFAR100/skeptical_nasty_resnet18": ["mobilenetv2", "resnet18", "resnet50"],
-        "CIFAR100/skeptical_nasty_resnet50": ["mobilenetv2", "resnet18", "resnet50"]}
+        "CIFAR100/skeptical_nasty_resnet50": ["mobilenetv2", "resnet18", "resnet50"],
+        "CIFAR10/datafree_normal_resnet18": ["resnet18"], "CIFAR10/datafree_nasty_resnet18": ["resnet18"]}
     for file in follow_ups:
         params = load_params(file.parent)
         tree, group = _folders(file)[:2]
@@ -117,6 +119,13 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
             assert params.teacher_output == "sparse", file
             assert params.sparse_ratio == STINGY_RATIO[params.dataset], file
             assert (params.temperature, params.alpha) == (20, 0.9), file
+        elif group.startswith("datafree_"):
+            # DeepInversion's CIFAR-10 settings, from the normal or the nasty teacher of the tree
+            assert params.method == "deepinversion", file
+            assert ("adversarial_resume" in teacher_config) == group.startswith("datafree_nasty_"), file
+            assert (params.synthesis_batch, params.synthesis_iterations, params.synthesis_lr,
+                    params.synthesis_bn_weight, params.synthesis_tv_l2, params.synthesis_jitter) == \
+                (256, 2000, 0.05, 10.0, 2.5e-5, 2), file
         else:
             # the student distils from a nasty teacher of the same tree
             assert params.method == "skeptical" and "adversarial_resume" in teacher_config, file
