@@ -134,7 +134,8 @@ def report(plan, outcomes, args):
         add_figures(plan, results, args.data_dir)
     print("\n" + write_report(plan, results), flush=True)
     return [plan.root / "results.md", plan.root / "results.json",
-            *(plan.root / name for g in results["groups"] for name in g["figures"])]
+            *(plan.root / name for table in results["groups"] + results.get("matrices", [])
+              for name in table["figures"])]
 
 
 def report_sweep(plan, outcomes, args):

@@ -95,7 +95,8 @@ class Method:
     check: Optional[Callable] = None  # check(typed values) -> [problems] across keys, e.g. k >= 1
     # train_split(params, frozen, save_path, log, world) -> utils.datasets.Split: the training
     # split to use instead of the real one, which is then never read (data-free distillation).
-    # Called with the frozen networks loaded, on rank 0 first, then on the others.
+    # Called with the frozen networks loaded, on every rank at once: rank 0 makes it; the others
+    # must wait for it without collectives (by polling a file), so no process-group timeout applies.
     train_split: Optional[Callable] = None
 
     @property

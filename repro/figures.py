@@ -263,11 +263,12 @@ def group_figures(plan, results, group, name, plt, data_dir):
 
 
 def synthetic_sets(plan, results):
-    """[(title, images, labels)]: the first images of each deepinversion stage's first finished run."""
+    """[(title, images, labels)]: the first synthetic images of each stage's first finished run that
+    has a synthetic set (deepinversion)."""
     sets = []
     for name, stage in results["stages"].items():
         runs = [r for r in stage["runs"] if r["finished"] and (Path(r["folder"]) / CACHE_NAME).exists()]
-        if stage["method"] != "deepinversion" or not runs:
+        if not runs:  # a stage of a method that synthesises its training set (deepinversion)
             continue
         held = load_checkpoint(Path(runs[0]["folder"]) / CACHE_NAME)["state_dict"]
         seed = "" if results["seeds"] is None else f", seed {runs[0]['seed']}"

@@ -170,7 +170,8 @@ def test_the_synthetic_figure_shows_each_teachers_set(teacher, tmp_path):
     results = {"seeds": None, "notes": [], "groups": [], "matrices": [{"figures": []}], "stages": {
         "normal/deepinversion": {"method": "deepinversion",
                                  "runs": [{"finished": True, "folder": str(run), "seed": 0}]},
-        "normal/kd": {"method": "kd", "runs": [{"finished": True, "folder": str(run), "seed": 0}]}}}
+        # a stage whose runs hold no synthetic set draws nothing
+        "normal/kd": {"method": "kd", "runs": [{"finished": True, "folder": str(tmp_path), "seed": 0}]}}}
     plan = SimpleNamespace(root=tmp_path, stage=lambda name: SimpleNamespace(parent="baseline/teacher"))
     assert [title for title, _, _ in figures.synthetic_sets(plan, results)] == \
         ["normal/deepinversion: from baseline/teacher"]

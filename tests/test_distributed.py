@@ -381,3 +381,19 @@ def test_two_nodes_meet_through_c10d_rendezvous(tmp_path):
     assert [p.returncode for p in launchers] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
     assert "torchrun: 2 processes" in (folder / "training.log").read_text()
     assert load_checkpoint(folder / "last_model.tar")["epoch"] == 1
+
+
+def test_data_free_student_under_torchrun_rank0_synthesises_the_others_wait(chain, tmp_path, monkeypatch):
+    """Rank 1 waits for rank 0's synthetic set by polling the cache (no collective that could time
+    out), and both ranks train on the set a single process makes."""
+    recipe = dict(method="deepinversion", **KD, teacher_resume=str(chain["teacher"] / "best_model.tar"),
+                  synthesis_images=32, synthesis_batch=16, synthesis_iterations=3)
+    ranks = write_config(tmp_path / "ranks", NET, num_epochs=1, batch_size=16, **recipe)
+    output = _torchrun("train_kd.py", ranks)
+    single = write_config(tmp_path / "single", NET, num_epochs=1, batch_size=16, **recipe)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the ranks' thread count: the same sums
+    _single("train_kd.py", single, "--device", "cpu")
+    made = [load_checkpoint(folder / "synthetic.pt")["state_dict"] for folder in (ranks, single)]
+    assert torch.equal(made[0]["images"], made[1]["images"]) and made[0]["images"].shape[0] == 32
+    assert output.count("Synthesis batch 2/2") == 1, output[-2000:]  # rank 0 alone made it
+    assert len(read_metrics(ranks / "metrics.jsonl")) == 1

@@ -144,6 +144,12 @@ def share_buffers(model):
             dist.broadcast(buffer, src=0)
 
 
+def barrier():
+    """Every rank waits here for the others (nothing to do in a single process)."""
+    if active():
+        dist.barrier()
+
+
 @contextlib.contextmanager
 def main_first(world):
     """Rank 0 runs the block before the others do (a download or a cache to write), then the rest."""

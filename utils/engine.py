@@ -139,8 +139,11 @@ def replacement_split(params, device, log, world, save_path):
     if make_split is None:
         return None, None
     frozen = load_frozen_networks(params, device, log)
-    with distributed.main_first(world):  # rank 0 makes it (and its cache), the others then read it
-        return frozen, make_split(params, frozen, save_path, log, world)
+    # every rank at once: rank 0 makes it, the others wait for its cache by polling the file, not in
+    # a collective, whose timeout an hours-long synthesis would exceed; then all meet
+    split = make_split(params, frozen, save_path, log, world)
+    distributed.barrier()
+    return frozen, split
 
 
 def load_frozen_networks(params, device, log):

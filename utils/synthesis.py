@@ -210,12 +210,16 @@ def empty_cache(made_by):
                            "labels": torch.zeros(0, dtype=torch.long)}}
 
 
-def finished_split(path, made_by, recipe):
-    """The finished set (ranks other than 0 read what rank 0 made)."""
-    cache = read_cache(path, {**recipe._asdict(), **made_by})
-    if cache is None or cache["batches_done"] < recipe.batches:
-        raise NastyError(f"{path}: the synthetic set is missing or unfinished")
-    return Split(cache["state_dict"]["images"], cache["state_dict"]["labels"])
+def finished_split(path, made_by, recipe, poll=5.0):
+    """The finished set, once rank 0 has made it: ranks other than 0 poll the file, outside any
+    collective (a synthesis may take hours, far past a process group's timeout). A cache of other
+    settings is refused at once; if rank 0 fails, torchrun stops this rank."""
+    made_by = {**recipe._asdict(), **made_by}
+    while True:
+        cache = read_cache(path, made_by) if path.exists() else None
+        if cache is not None and cache["batches_done"] >= recipe.batches:
+            return Split(cache["state_dict"]["images"], cache["state_dict"]["labels"])
+        time.sleep(poll)
 
 
 def synthetic_set(teacher, recipe, made_by, save_path, device, log, mean, std, classes, size,
