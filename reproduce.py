@@ -13,12 +13,14 @@ write results.md, results.json and the figures into the tree.
 Every params.json below the folder is a stage, trained by the script its keys call for
 (adversarial_resume: train_nasty.py, teacher_resume: train_kd.py, else train_scratch.py) after the
 stage whose checkpoint it reads (a `method` key names another method of methods/). With --jobs N,
-up to N stages train at once, each as soon as the checkpoint it reads exists; every stage gets
---threads intra-op threads (default 1) whatever N is, so N never changes a number. Finished runs
+up to N stages train at once, each as soon as the checkpoint it reads exists (default on a CPU:
+one per core); every stage gets --threads intra-op threads (default 1) whatever N is, so N never
+changes a number. Finished runs
 are skipped and started ones resume, so the same command continues an interrupted reproduction. A stage that fails is reported with its log and
 stops only the stages that need it; the exit status is then 1.
 """
 import argparse
+import os
 from pathlib import Path
 
 from utils.errors import ConfigError, NastyError
@@ -52,8 +54,10 @@ def parse(argv):
     parser.add_argument("--nproc", type=int, default=1, metavar="N",
                         help="train every stage with N processes of this machine under torchrun "
                              "(one per GPU; batch_size stays the global batch)")
-    parser.add_argument("--jobs", type=int, default=1, metavar="N",
-                        help="train up to N stages at once (independent stages and seeds)")
+    parser.add_argument("--jobs", type=int, metavar="N",
+                        help="train up to N stages at once (independent stages and seeds); default: "
+                             "one per GPU group of --gpus, else 1 where the stages use CUDA, else "
+                             "the CPU cores // --threads. N never changes a number")
     parser.add_argument("--threads", type=int, default=1, metavar="T",
                         help="intra-op threads of every stage (OMP_NUM_THREADS; default 1). The "
                              "count changes results bit for bit, so it is fixed, not cores // N")
@@ -74,11 +78,28 @@ def gpu_list(text):
     return gpus
 
 
+def default_jobs(args, cuda_count):
+    """--jobs when not given: a stage per GPU group of --gpus; one at a time where the stages train
+    on CUDA (their memory); on a CPU one per core, each with --threads threads."""
+    if args.gpus:
+        return max(1, len(args.gpus) // args.nproc)
+    if args.nproc > 1 or (args.device != "cpu" and cuda_count > 0):
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // args.threads)
+
+
 def check_parallel(args, cuda_count=None):
-    """--jobs, --threads, --gpus and --nproc, checked together before anything runs."""
+    """--jobs, --threads, --gpus and --nproc, checked together before anything runs; fills in the
+    default --jobs."""
+    if cuda_count is None:
+        import torch  # only here: the plan itself needs no CUDA
+        cuda_count = torch.cuda.device_count()
     for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--nproc", args.nproc)):
-        if value < 1:
+        if value is not None and value < 1:
             raise ConfigError(f"{flag} {value}: give 1 or more")
+    if args.jobs is None:
+        args.jobs = default_jobs(args, cuda_count)
     if args.gpus is None:
         if args.nproc > 1 and args.jobs > 1:
             raise ConfigError(f"--nproc {args.nproc} with --jobs {args.jobs} needs --gpus: which "
@@ -86,9 +107,6 @@ def check_parallel(args, cuda_count=None):
         return
     if args.device == "cpu":
         raise ConfigError("--gpus with --device cpu: leave out one of them")
-    if cuda_count is None:
-        import torch  # only here: the plan itself needs no CUDA
-        cuda_count = torch.cuda.device_count()
     missing = [g for g in args.gpus if g >= cuda_count]
     if missing:
         raise ConfigError(f"--gpus {','.join(map(str, args.gpus))}: this machine has {cuda_count} "
@@ -115,6 +133,7 @@ def main(argv=None):
     if args.sweep:
         plan = sweep_plan(plan, args.sweep, args.set)
     print(describe_plan(plan), flush=True)
+    print(f"Up to {args.jobs} stage(s) at a time, {args.threads} intra-op thread(s) each", flush=True)
     if args.dry_run:
         return
     try:

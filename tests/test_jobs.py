@@ -243,3 +243,20 @@ def test_an_error_of_the_driver_stops_the_running_children(tmp_path):
     with pytest.raises(OSError, match="no such interpreter"):
         execute(plan, Broken(lambda r: 90.0, seconds=0.3), quiet(), jobs=2)
     assert Broken.stopped == signal.SIGTERM
+
+
+@pytest.mark.parametrize("argv, cuda, jobs", [
+    ([], 0, "cores"),                            # a CPU: one stage per core, 1 thread each
+    (["--threads", "2"], 0, "cores // 2"),
+    ([], 1, 1),                                  # stages on CUDA: one at a time (their memory)
+    (["--device", "cpu"], 1, "cores"),           # ... unless told to train on the CPU
+    (["--gpus", "0,1,2,3"], 4, 4),               # a stage per GPU
+    (["--gpus", "0,1,2,3", "--nproc", "2"], 4, 2),
+    (["--jobs", "3"], 0, 3),
+])
+def test_the_default_number_of_jobs(argv, cuda, jobs, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    args = reproduce.parse(["tree", *argv])
+    reproduce.check_parallel(args, cuda_count=cuda)
+    expected = {"cores": 8, "cores // 2": 4}.get(jobs, jobs)
+    assert args.jobs == expected
