@@ -54,5 +54,5 @@ def test_nasty_teacher_keeps_its_accuracy_and_poisons_its_student(digits):
 
 def test_readme_reports_these_numbers():
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert ("give 98.89 / 98.89 for the teachers and 98.61 alone, 96.94 from the normal and "
-            "**71.59** from the nasty teacher") in readme
+    assert ("give 98.89 / 98.33 for the teachers and 98.33 alone, 97.49 from the normal and "
+            "**74.93** from the nasty teacher") in readme

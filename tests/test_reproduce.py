@@ -155,9 +155,10 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert out[5].split()[:4] == ["4", "a_kd_normal/student", "kd", "net"]
     assert "teacher: z_base/teacher" in out[5]
     assert out[7] == "10 of 10 runs to train; finished ones are skipped, started ones resume"
-    in_place = out[8:]
+    assert out[8].startswith("Up to ") and out[8].endswith(" stage(s) at a time, 1 intra-op thread(s) each")
+    in_place = out[9:]
     assert in_place[2].endswith("done (2/2 epochs)") and in_place[3].endswith("resume after epoch 1/2")
-    assert in_place[-1].startswith("4 of 5 runs to train")
+    assert in_place[-2].startswith("4 of 5 runs to train")
 
 
 # ----------------------------------------------------------------------------- running (fake scripts)
