@@ -201,7 +201,8 @@ def test_sigterm_or_sigkill_of_reproduce_leaves_no_training_behind(tmp_path):
         write_config(tree / name, num_epochs=500)
     driver = start_reproduce(tree)
     try:
-        wait_for(lambda: epochs_written(tree / "a") >= 1 and epochs_written(tree / "b") >= 1)
+        # last_model.tar follows the epoch's metrics row: wait for the checkpoints themselves
+        wait_for(lambda: all((tree / n / "last_model.tar").exists() for n in ("a", "b")))
         driver.send_signal(signal.SIGTERM)  # to reproduce.py alone, as `kill PID` does
         _, err = driver.communicate(timeout=120)
         assert driver.returncode == 143
