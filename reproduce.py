@@ -139,7 +139,7 @@ def main(argv=None):
     try:
         runner = SubprocessRunner(plan.base, script_flags(args), args.nproc, args.threads, args.gpus,
                                   args.jobs)
-        outcomes = execute(plan, runner, Progress(), args.jobs)
+        outcomes = execute(plan, runner, Progress())  # up to the runner's args.jobs
         written = report_sweep(plan, outcomes, args) if plan.sweep else report(plan, outcomes, args)
     except KeyboardInterrupt:  # outside a script (those are handled by the runner)
         raise Interrupted("interrupted; run the same command again to continue") from None

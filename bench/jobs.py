@@ -21,6 +21,9 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from utils.checkpoint import load_checkpoint  # noqa: E402 (after the path)
 SKIP = ("seed_", "sweep_")  # generated folders: not configs
 
 
@@ -51,7 +54,7 @@ def weights(workdir, tree):
     """{run folder: state_dict} of every run's last_model.tar."""
     found = {}
     for path in sorted((workdir / tree).rglob("last_model.tar")):
-        found[str(path.parent.relative_to(workdir))] = torch.load(path, weights_only=False)["state_dict"]
+        found[str(path.parent.relative_to(workdir))] = load_checkpoint(path)["state_dict"]
     return found
 
 

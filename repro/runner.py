@@ -46,8 +46,10 @@ class Outcome(NamedTuple):
     message: str = ""                  # failed: the script's error line; skipped: why
 
 
-def execute(plan, runner, progress, jobs=1):
-    """Run every run of `plan` that is not finished, up to `jobs` at once; {run.key: Outcome}."""
+def execute(plan, runner, progress, jobs=None):
+    """Run every run of `plan` that is not finished, up to `jobs` at once (default: the runner's own
+    number of job slots, else 1); {run.key: Outcome}."""
+    jobs = jobs or getattr(runner, "jobs", 1)
     outcomes, waiting, running = {}, list(enumerate(plan.runs, 1)), {}
     progress.begin(len(plan.runs))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
@@ -142,7 +144,7 @@ class SubprocessRunner:
     def __init__(self, base, flags=(), nproc=1, threads=1, gpus=None, jobs=1):
         self.base, self.flags, self.nproc, self.threads = base, list(flags), nproc, threads
         self.groups = gpu_groups(gpus, nproc) if gpus else None
-        self.slots = queue.SimpleQueue()
+        self.jobs, self.slots = jobs, queue.SimpleQueue()
         for slot in range(jobs):
             self.slots.put(slot)
         self.children, self.lock, self.stopping = set(), threading.Lock(), False
@@ -235,7 +237,7 @@ def signal_group(child, signum):
     try:
         os.killpg(child.pid, signum)
     except (ProcessLookupError, PermissionError):
-        pass  # already gone
+        return  # already gone
 
 
 def gpu_groups(gpus, nproc):

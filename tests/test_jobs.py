@@ -21,6 +21,7 @@ from configs import FakeRunner, paper_tree, quiet, write_config
 from repro.pipeline import make_plan
 from repro.progress import Progress
 from repro.runner import Outcome, SubprocessRunner, execute, gpu_groups
+from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 
 
@@ -157,8 +158,8 @@ def test_a_stage_gives_the_same_weights_whatever_the_number_of_jobs(tmp_path):
     reproduce.main([str(one), "--device", "cpu", "--no-figures", "--jobs", "1"])
     reproduce.main([str(two), "--device", "cpu", "--no-figures", "--jobs", "2"])
     for stage in ("teacher", "alone"):
-        a = torch.load(one / stage / "last_model.tar", weights_only=False)["state_dict"]
-        b = torch.load(two / stage / "last_model.tar", weights_only=False)["state_dict"]
+        a = load_checkpoint(one / stage / "last_model.tar")["state_dict"]
+        b = load_checkpoint(two / stage / "last_model.tar")["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a), stage
         row = json.loads((two / stage / "reproduce.jsonl").read_text().splitlines()[-1])
         assert row["threads"] == "1"
@@ -209,7 +210,7 @@ def test_sigterm_or_sigkill_of_reproduce_leaves_no_training_behind(tmp_path):
         assert "error: interrupted during a, b; run the same command again" in err
         assert tree_processes(tree) == []
         for name in ("a", "b"):
-            checkpoint = torch.load(tree / name / "last_model.tar", weights_only=False)
+            checkpoint = load_checkpoint(tree / name / "last_model.tar")
             assert 1 <= checkpoint["epoch"] < 500
             assert "==== interrupted (exit 143)" in (tree / name / "reproduce.log").read_text()
         done = {name: epochs_written(tree / name) for name in ("a", "b")}
