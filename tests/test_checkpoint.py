@@ -118,12 +118,25 @@ def _truncated(path):
     path.write_bytes(data[: len(data) // 2])
 
 
+def _damaged_pickle(path):
+    """A checkpoint whose pickled dict has one byte changed into an opcode that does not exist:
+    torch's weights-only unpickler refuses it with the words it uses for code-bearing files."""
+    torch.save({"epoch": 1, "state_dict": {"w": torch.ones(3)}}, path)
+    with zipfile.ZipFile(path) as source:
+        members = [(info, source.read(info)) for info in source.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as damaged:
+        for info, data in members:
+            damaged.writestr(info, data[:2] + b"\xb4" + data[3:] if info.filename.endswith("data.pkl")
+                             else data)
+
+
 @pytest.mark.parametrize("make,message", [
     (lambda p: None, r"checkpoint .*missing.tar does not exist"),
     (lambda p: p.mkdir(), r"is a directory, not a file"),
     (lambda p: p.write_bytes(b""), r"is empty \(0 bytes\)"),
     (lambda p: p.write_text("hello, not a checkpoint"), r"is not a PyTorch checkpoint"),
-    (_truncated, r"is not a PyTorch checkpoint or is truncated"),
+    (_truncated, r"is damaged or truncated"),
+    (_damaged_pickle, r"is damaged or truncated: its pickled data cannot be read"),
     (lambda p: torch.save({"epoch": 3, "model": 1}, p), r"holds no 'state_dict'.*'epoch', 'model'"),
     (lambda p: torch.save([1, 2], p), r"holds no 'state_dict'.*list"),
 ])
@@ -133,6 +146,7 @@ def test_bad_files_give_one_clear_line(tmp_path, make, message):
     with pytest.raises(CheckpointError, match=message) as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value) and str(path) in str(err.value)
+    assert "could run code" not in str(err.value)  # only for files that name code
 
 
 def test_checkpoint_of_another_architecture_names_the_keys(tmp_path):

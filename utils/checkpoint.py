@@ -9,10 +9,13 @@ would run code when unpickled is refused. Keys saved from `nn.DataParallel` (`mo
 or `torch.compile` (`_orig_mod.`) wrappers load into the bare network.
 """
 import contextlib
+import io
 import os
 import pickle
+import pickletools
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import torch
@@ -59,6 +62,33 @@ def _fsync_folder(folder):
     os.close(fd)
 
 
+LEGACY_PICKLES = 4  # torch's pre-1.6 format: magic number, protocol, system info, the object
+
+
+def pickles_parse(path):
+    """Whether the pickled part of checkpoint `path` is well-formed, opcode by opcode.
+
+    torch's weights-only unpickler words its refusal of a damaged file and of one that names code
+    alike; a file whose pickle parses was refused for what it holds, one that does not is damaged.
+    """
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+                data, count = archive.read(name), 1
+        else:
+            data, count = Path(path).read_bytes(), LEGACY_PICKLES  # an error path: read it whole
+        stream = io.BytesIO(data)
+        for _ in range(count):
+            if stream.tell() >= len(data):
+                break  # a plain pickle file holds one
+            for _ in pickletools.genops(stream):
+                pass
+    except (ValueError, StopIteration, zipfile.BadZipFile, OSError, EOFError):
+        return False
+    return True
+
+
 def load_checkpoint(path, map_location="cpu"):
     """The checkpoint dict at `path` (a bare state_dict is wrapped as {'state_dict': ...})."""
     path = os.fspath(path)
@@ -68,13 +98,14 @@ def load_checkpoint(path, map_location="cpu"):
             warnings.simplefilter("ignore")  # pickle-protocol notices are not the user's business
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
+        if pickles_parse(path):
             raise CheckpointError(f"checkpoint {path} refused: it holds objects other than tensors "
                                   "and plain data, and unpickling it could run code") from None
-        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint") from None
-    except Exception as exc:  # torch reports damage as KeyError, EOFError, RuntimeError, ...
-        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint or is truncated "
-                              f"({type(exc).__name__})") from None
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated: its pickled data cannot "
+                              "be read (a copy cut short, or bytes changed on the way)") from None
+    except Exception as exc:  # torch reports damage as KeyError, EOFError, RuntimeError, OSError, ...
+        raise CheckpointError(f"checkpoint {path} is not a PyTorch checkpoint, or is damaged or "
+                              f"truncated ({type(exc).__name__})") from None
     return _as_checkpoint(obj, path)
 
 
