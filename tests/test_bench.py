@@ -45,3 +45,12 @@ def test_jobs_bench_copies_the_tracked_configs_and_compares_weights(tmp_path, ca
     jobs.print_table(rows, runs, type("A", (), {"tree": "t", "seeds": [0]}))
     out = capsys.readouterr().out
     assert "| 2 | 1 | 0.8 min (50 s) | 2.00x | 1x1 |" in out and "| 1 | 2 | 1.3 min (80 s) | 1.25x | — |" in out
+
+
+def test_step_profile_gives_the_fixed_batch_rate_and_the_top_operators():
+    lines = _bench("step_profile.py", "--model", "net", "--steps", "2", "--warmup", "1", "--top", "3")
+    assert lines[0].startswith(f"numerics: torch {torch.__version__}, cpu ") and "net, batch 128" in lines[0]
+    assert re.fullmatch(r"fixed random batch: 2 steps in [\d.]+ s = [\d,]+ images/s", lines[1])
+    assert lines[2].startswith("self cpu time by operator")
+    shares = [float(re.match(r"\s+([\d.]+)%  aten::\w+|\s+([\d.]+)%", line).group(1) or 0) for line in lines[3:]]
+    assert len(shares) == 3 and shares == sorted(shares, reverse=True) and sum(shares) <= 100.0
