@@ -14,6 +14,7 @@ from methods import STUDENT, TEACHER, Method, Objective, register
 from utils.checkpoint import load_checkpoint
 from utils.errors import ConfigError
 from utils.params import describe, params_from_dict
+from utils.provenance import fingerprint_text
 from utils.schema import FLOAT, INT, Key, bounds
 from utils.tracking import read_metrics
 
@@ -207,6 +208,36 @@ def test_set_overrides_are_validated_logged_and_saved(tmp_path):
         _train(run, "--set", "learing_rate=0.1")
     with pytest.raises(ConfigError, match=r"num_epochs = 'two' must be an integer, not a string"):
         _train(run, "--set", "num_epochs=two")
+
+
+def test_set_of_a_key_the_method_does_not_use_is_refused_before_anything_is_written(tmp_path):
+    run = write_config(tmp_path / "run", NET)
+    before = sorted(p.name for p in run.iterdir())
+    # alpha is kd's: a scratch run would ignore it, so the user would believe in a change not made
+    with pytest.raises(ConfigError, match=r"^--set alpha: method 'scratch' does not use this key, so it "
+                                          r"would change nothing \(the method's own keys: none\)$"):
+        _train(run, "--set", "alpha=0.5")
+    with pytest.raises(ConfigError, match=r"^--set weight: method 'kd' does not use this key.*"
+                                          r"own keys: alpha, sparse_ratio, teacher_model"):
+        train_kd.main(["--save_path", str(write_config(tmp_path / "kd", NET, **KD,
+                                                       teacher_resume="t.tar")),
+                       "--device", "cpu", "--set", "weight=0.1"])
+    assert sorted(p.name for p in run.iterdir()) == before
+
+
+def test_runs_record_the_numerics_fingerprint_in_checkpoints_metrics_and_log(tmp_path):
+    run = write_config(tmp_path / "run", NET)
+    _train(run)
+    facts = load_checkpoint(run / "last_model.tar")["numerics"]
+    assert facts == {"torch": torch.__version__, "device": "cpu",
+                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                     "threads": torch.get_num_threads()}
+    text = fingerprint_text(facts)
+    assert text == (f"torch {torch.__version__}, cpu {facts['cpu_capability']}, {facts['threads']} "
+                    f"thread{'s' if facts['threads'] != 1 else ''}")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["numerics"] for r in rows] == [text]
+    assert f"Numerics: {text}" in (run / "training.log").read_text()
 
 
 def test_set_without_equals_sign_is_a_usage_error(tmp_path, capsys):

@@ -26,8 +26,8 @@ from .data import build_loaders, epoch_seed
 from .evaluation import evaluate  # noqa: F401 (the epoch's evaluation; re-exported)
 from .errors import Diverged, NastyError
 from .networks import build_network, load_frozen, make_optimizer
-from .params import load_params
-from .provenance import provenance
+from .params import check_set_keys, load_params
+from .provenance import fingerprint_text, numerics, provenance
 from .speed import Precision, fast_settings, maybe_compile
 from .runtime import (RunLock, Terminated, attach_log_file, check_save_path, interruption_error,
                       seed_everything, select_device, setup_logging, stop_requested, stopped_by)
@@ -71,8 +71,11 @@ def load_run_params(args, script, overrides=None):
     overrides = dict(overrides or {})
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
-    overrides.update(getattr(args, "set", None) or {})
-    return load_params(args.save_path, script, overrides), overrides
+    assignments = getattr(args, "set", None) or {}
+    overrides.update(assignments)
+    params = load_params(args.save_path, script, overrides)
+    check_set_keys(params, assignments)
+    return params, overrides
 
 
 def prepare(args, script, overrides=None):
@@ -118,6 +121,7 @@ def start_logging(params, device, world, fast):
     for key, value in params.as_dict().items():
         log.info(f"{key}:{value}")
     log.info(f"Device: {device}; number of classes: {params.num_classes}")
+    log.info(f"Numerics: {fingerprint_text(numerics(device, world.size))}")
     if world.distributed:
         log.info(f"torchrun: {world.size} processes; global batch {params.batch_size}, about "
                  f"{params.batch_size / world.size:g} per process; sync_bn {int(params.sync_bn)}")
@@ -283,7 +287,7 @@ def fit(run, resume=None):
             remove_partial_writes(run.save_path)
             attach_log_file(run.log, run.save_path)
         tracker = (EpochLog(run.save_path, run.log, run.params.method_entry.log_lines, run.term_names,
-                            start_epoch=state["epoch"]) if main else None)
+                            start_epoch=state["epoch"], numerics=run_fingerprint(run)) if main else None)
         try:
             for epoch in range(state["epoch"], run.params.num_epochs):
                 run_epoch(run, epoch, state, tracker)
@@ -293,6 +297,11 @@ def fit(run, resume=None):
             if tracker is not None:
                 tracker.close()
     return state
+
+
+def run_fingerprint(run):
+    """The numerics fingerprint of this run's process (see utils.provenance), as one line."""
+    return fingerprint_text(numerics(run.device, run.world.size))
 
 
 def run_epoch(run, epoch, state, tracker):
@@ -346,7 +355,7 @@ def save_epoch(run, epoch, test, state, new_best):
                   "best_acc": state["best_acc"], "best_epoch": state["best_epoch"],
                   "eval_acc": test["acc"], "model_name": run.params.model_name,
                   "dataset": run.params.dataset, "num_classes": run.params.num_classes,
-                  "method": run.params.method, **provenance(run.params)}
+                  "method": run.params.method, **provenance(run.params, run.device, run.world.size)}
     objective_state = run.objective.state_dict()
     if objective_state:  # auxiliary heads: apart, so 'state_dict' stays the plain network
         checkpoint["objective_state_dict"] = objective_state

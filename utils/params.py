@@ -270,6 +270,17 @@ def read_json(file):
     return values, duplicates
 
 
+def check_set_keys(params, keys, flag="--set"):
+    """A `--set KEY=...` of a key that the run's method does not read would change nothing:
+    refused in one line (unknown keys were refused, with a suggestion, by the schema)."""
+    own = {key.name for key in keys_of(params.method_entry)}
+    unused = [key for key in keys if key not in own]
+    if unused:
+        names = ", ".join(sorted(own - {key.name for key in COMMON}))
+        raise ConfigError(f"{flag} {unused[0]}: method {params.method!r} does not use this key, so "
+                          f"it would change nothing (the method's own keys: {names or 'none'})")
+
+
 def load_params(path, script=None, overrides=None):
     """Read and validate `<path>/params.json` (or the json file `path`) for a run of `script`
     ("scratch", "nasty", "kd"; None: whichever the file's keys say, as reproduce.py reads them).
