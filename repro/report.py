@@ -66,6 +66,7 @@ def run_record(run, outcome):
             "epochs": last.get("epoch", 0),
             "test_acc": [r.get("test_acc") for r in rows],
             "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in rows), 1),
+            "numerics": sorted({r["numerics"] for r in rows if r.get("numerics")}),
             "wall_seconds": round(sum(a.get("seconds", 0.0) for a in attempts), 1) if attempts else None,
             "exit_code": outcome.exit_code if outcome else None,
             "log": outcome.log if outcome else None,
@@ -93,8 +94,15 @@ def collect(plan, outcomes):
     groups = [group_record(g, stages, plan) for g in find_groups(plan.stages) if g.columns or not found]
     matrices = [matrix_record(m, stages) for m in found]
     return {"folder": str(plan.root), "seeds": plan.seeds, "accuracy": ACCURACY_NOTE,
-            "git_commit": git_commit(), "stages": stages, "groups": groups, "matrices": matrices,
-            "notes": []}
+            "git_commit": git_commit(), "numerics": numerics_counts(stages), "stages": stages,
+            "groups": groups, "matrices": matrices, "notes": []}
+
+
+def numerics_counts(stages):
+    """{fingerprint line: number of runs with epochs trained under it}, most runs first."""
+    counts = Counter(text for stage in stages.values() for run in stage["runs"]
+                     for text in run.get("numerics", []))
+    return dict(counts.most_common())
 
 
 # ----------------------------------------------------------------------------- groups
@@ -291,6 +299,23 @@ def render_problems(results):
     return ["## Problems", ""] + lines + [""] if lines else []
 
 
+def render_numerics(results):
+    """Where the numbers hold: the fingerprint(s) of the processes that trained the runs."""
+    counts = results.get("numerics") or {}
+    if not counts:
+        return []
+    runs = sum(len(stage["runs"]) for stage in results["stages"].values())
+    if len(counts) == 1:
+        (text, n), = counts.items()
+        return [f"Numerics: {text} ({n} of {runs} runs; the others record none: not trained, or "
+                "trained before fingerprints existed)." if n < runs else f"Numerics: {text} (every "
+                "run). Exact numbers hold for this fingerprint; see utils/provenance.py.", ""]
+    lines = ["Numerics: the runs were trained under several fingerprints, so their exact numbers "
+             "come from different machines or settings:"]
+    lines += [f"- {text}: {n} run(s)" for text, n in counts.items()]
+    return lines + [""]
+
+
 def render(results):
     seeds = results["seeds"]
     lines = [f"# Results of {results['folder']}", "",
@@ -303,7 +328,7 @@ def render(results):
     from .matrix import render_matrix  # it builds on this module's helpers
     for record in results.get("matrices", []):
         lines += render_matrix(record, seeds)
-    lines += render_stages(results) + render_problems(results)
+    lines += render_numerics(results) + render_stages(results) + render_problems(results)
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -10,3 +10,7 @@ if str(ROOT) not in sys.path:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running test (torch.compile, ...)")
+    # a skipped check says why in the summary (e.g. no measured numbers for this machine's
+    # numerics fingerprint, tests/test_effect.py), without asking for -rs
+    if "s" not in (config.option.reportchars or "") and "N" not in (config.option.reportchars or ""):
+        config.option.reportchars = (config.option.reportchars or "") + "s"

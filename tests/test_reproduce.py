@@ -21,7 +21,9 @@ from utils.checkpoint import save_checkpoint
 from utils.errors import ConfigError, NastyError
 from repro.pipeline import Status, find_config_folders, make_plan, run_config, run_status, write_run_config
 from repro.progress import Progress
+from repro.report import render_numerics
 from repro.runner import Outcome, execute
+from utils.provenance import fingerprint_text, numerics
 from utils.tracking import read_metrics
 
 ACCURACY = {"z_base/teacher": 95.0, "z_base/student": 90.0, "b_nasty/teacher": 94.0,
@@ -301,6 +303,27 @@ def test_tiny_chain_table_holds_the_runs_own_numbers(digits_chain, capsys):
         run = stage["runs"][0]
         assert run["state"] == "ran" and run["epochs"] == 1 and run["wall_seconds"] > 0
         assert run["log"].endswith("reproduce.log")
+
+
+def test_tiny_chain_says_under_which_numerics_its_numbers_hold(digits_chain):
+    facts = {**numerics("cpu"), "threads": 1}  # reproduce.py gives every stage 1 thread
+    text = fingerprint_text(facts)
+    results = json.loads((digits_chain / "results.json").read_text())
+    assert results["numerics"] == {text: 5}
+    assert all(stage["runs"][0]["numerics"] == [text] for stage in results["stages"].values())
+    table = (digits_chain / "results.md").read_text()
+    assert f"Numerics: {text} (every run)." in table
+    assert table.index("Numerics:") < table.index("## Stages")  # under the paper's table
+
+
+def test_runs_trained_under_several_fingerprints_are_listed_apart():
+    results = {"numerics": {"torch 2.14.1, cpu AVX2, 1 thread": 2, "torch 2.14.1, cpu AVX512, 1 thread": 1},
+               "stages": {"a": {"runs": [{}, {}]}, "b": {"runs": [{}]}}}
+    assert render_numerics(results) == [
+        "Numerics: the runs were trained under several fingerprints, so their exact numbers come "
+        "from different machines or settings:",
+        "- torch 2.14.1, cpu AVX2, 1 thread: 2 run(s)", "- torch 2.14.1, cpu AVX512, 1 thread: 1 run(s)", ""]
+    assert render_numerics({"numerics": {}, "stages": {}}) == []
 
 
 def test_tiny_chain_figures_are_real_images(digits_chain):

@@ -5,7 +5,8 @@
 
 Every loss term of the method is recorded as `train_<name>` in metrics.jsonl and as `train/<name>`
 in tensorboard; training.log has the lines the method names (the original's for scratch, nasty
-and kd). metrics.jsonl has one JSON object per finished epoch; on resume, lines of epochs after
+and kd). metrics.jsonl has one JSON object per finished epoch (with the numerics fingerprint of the
+process that trained it, see utils/provenance.py); on resume, lines of epochs after
 the checkpoint are dropped so the file always describes the run that the checkpoints continue.
 """
 import json
@@ -14,8 +15,9 @@ from pathlib import Path
 
 
 class EpochLog:
-    def __init__(self, save_path, log, log_lines, term_names, start_epoch=0):
+    def __init__(self, save_path, log, log_lines, term_names, start_epoch=0, numerics=None):
         self.log, self.log_lines, self.term_names = log, log_lines, tuple(term_names)
+        self.numerics = numerics  # the fingerprint line of the process that trains these epochs
         self.metrics_path = Path(save_path) / "metrics.jsonl"
         keep_epochs_up_to(self.metrics_path, start_epoch)
         self.writer = _tensorboard_writer(save_path, log)
@@ -33,6 +35,8 @@ class EpochLog:
                "test_acc": test["acc"], "test_loss": test["loss"], "new_best": new_best,
                "best_acc": state["best_acc"], "best_epoch": state["best_epoch"],
                "seconds": round(seconds, 3)}
+        if self.numerics:  # per epoch: a run resumed on another machine shows both
+            row["numerics"] = self.numerics
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
