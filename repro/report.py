@@ -307,9 +307,11 @@ def render_numerics(results):
     runs = sum(len(stage["runs"]) for stage in results["stages"].values())
     if len(counts) == 1:
         (text, n), = counts.items()
-        return [f"Numerics: {text} ({n} of {runs} runs; the others record none: not trained, or "
-                "trained before fingerprints existed)." if n < runs else f"Numerics: {text} (every "
-                "run). Exact numbers hold for this fingerprint; see utils/provenance.py.", ""]
+        if n < runs:
+            return [f"Numerics: {text} ({n} of {runs} runs; the others record none: not trained, "
+                    "or trained before fingerprints existed).", ""]
+        return [f"Numerics: {text} (every run). Exact numbers hold for this fingerprint; see "
+                "utils/provenance.py.", ""]
     lines = ["Numerics: the runs were trained under several fingerprints, so their exact numbers "
              "come from different machines or settings:"]
     lines += [f"- {text}: {n} run(s)" for text, n in counts.items()]
