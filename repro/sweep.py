@@ -21,7 +21,7 @@ from utils.errors import ConfigError, did_you_mean
 from utils.params import all_keys, load_params
 from utils.provenance import git_commit
 from .pipeline import Plan, key_applies, seed_runs
-from .report import collect, fmt, render_group
+from .report import collect, fmt, numerics_counts, render_group, render_numerics
 
 
 class Sweep(NamedTuple):
@@ -116,7 +116,15 @@ def collect_sweep(plan, outcomes):
                           "stages": results["stages"]})
     return {"folder": str(sweep.folder), "key": sweep.key, "values": sweep.values,
             "affected": sweep.affected, "seeds": plan.seeds, "git_commit": git_commit(),
-            "per_value": per_value, "figures": [], "notes": []}
+            "numerics": numerics_counts(distinct_runs(per_value)), "per_value": per_value,
+            "figures": [], "notes": []}
+
+
+def distinct_runs(per_value):
+    """{run folder: {'runs': [run]}} over every value: a shared run counted once (for
+    numerics_counts and render_numerics, which read stages of runs)."""
+    return {run["folder"]: {"runs": [run]} for entry in per_value
+            for stage in entry["stages"].values() for run in stage["runs"]}
 
 
 def series(results):
@@ -151,7 +159,9 @@ def render_sweep(results):
                          + " | ".join(fmt(s[position], expected) for _, s in named) + " |")
         lines.append("")
     lines += [f"![sweep of {key}]({name})" for name in results["figures"]]
-    lines += ["", "## Each value's table", ""]
+    lines += [""] + render_numerics({"numerics": results.get("numerics"),
+                                     "stages": distinct_runs(results["per_value"])})
+    lines += ["## Each value's table", ""]
     for entry in results["per_value"]:
         lines += [f"### {entry['label']}", ""]
         for group in entry["groups"]:

@@ -10,6 +10,7 @@ from repro.pipeline import make_plan, run_config
 from repro.runner import execute
 from repro.sweep import collect_sweep, render_sweep, sweep_plan
 from utils.errors import ConfigError
+from utils.provenance import fingerprint_text, numerics
 
 NAMES = {"teacher": "z_base/teacher", "alone": "z_base/student", "nasty": "b_nasty/teacher",
          "normal_student": "a_kd_normal/student", "nasty_student": "a_kd_nasty/student"}
@@ -117,6 +118,10 @@ def test_a_real_sweep_end_to_end(tmp_path, capsys):
     with Image.open(folder / "sweep_weight.png") as image:
         assert image.size[0] > 100
     assert "![sweep of weight](sweep_weight.png)" in (folder / "results.md").read_text()
+    # 7 distinct runs (3 shared, 2 per value), all trained here with reproduce.py's 1 thread
+    text = fingerprint_text({**numerics("cpu"), "threads": 1})
+    assert results["numerics"] == {text: 7}
+    assert f"Numerics: {text} (every run)." in (folder / "results.md").read_text()
     # a second run trains nothing and the sweep folders are not taken for stages
     reproduce.main([str(tree), "--device", "cpu", "--sweep", "weight=0,0.5"])
     assert "0 of 7 runs to train" in capsys.readouterr().out
