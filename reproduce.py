@@ -62,8 +62,10 @@ def parse(argv):
                         help="intra-op threads of every stage (OMP_NUM_THREADS; default 1). The "
                              "count changes results bit for bit, so it is fixed, not cores // N")
     parser.add_argument("--gpus", type=gpu_list, metavar="LIST",
-                        help="GPUs to share out, e.g. 0,1,2,3: each running stage gets --nproc of "
-                             "them (CUDA_VISIBLE_DEVICES); more jobs than that share them")
+                        help="GPUs to share out, e.g. 0,1,2,3, numbered as this process sees them "
+                             "(under CUDA_VISIBLE_DEVICES=4,5,6,7, 0 is GPU 4): each running stage "
+                             "gets --nproc of them (CUDA_VISIBLE_DEVICES); more jobs than that "
+                             "share them")
     return parser.parse_args(argv)
 
 
@@ -109,12 +111,22 @@ def check_parallel(args, cuda_count=None):
         raise ConfigError("--gpus with --device cpu: leave out one of them")
     missing = [g for g in args.gpus if g >= cuda_count]
     if missing:
-        raise ConfigError(f"--gpus {','.join(map(str, args.gpus))}: this machine has {cuda_count} "
-                          f"CUDA GPU(s) (0 to {cuda_count - 1}), so GPU {missing[0]} does not exist"
-                          if cuda_count else "--gpus: this machine has no CUDA GPU")
+        raise ConfigError(missing_gpu_error(args.gpus, missing[0], cuda_count))
     if len(args.gpus) < args.nproc:
         raise ConfigError(f"--nproc {args.nproc} needs at least {args.nproc} GPUs in --gpus, "
                           f"which names {len(args.gpus)}")
+
+
+def missing_gpu_error(gpus, missing, cuda_count, environ=None):
+    """Why --gpus names a GPU this process cannot see; under a scheduler's CUDA_VISIBLE_DEVICES,
+    that --gpus counts from 0 among the GPUs it lists (as CUDA numbers them)."""
+    listed = (os.environ if environ is None else environ).get("CUDA_VISIBLE_DEVICES")
+    where = (f" (--gpus numbers the GPUs of CUDA_VISIBLE_DEVICES={listed} from 0)"
+             if listed is not None else "")
+    if not cuda_count:
+        return "--gpus: this machine has no CUDA GPU" + where
+    return (f"--gpus {','.join(map(str, gpus))}: this machine has {cuda_count} CUDA GPU(s) "
+            f"(0 to {cuda_count - 1}), so GPU {missing} does not exist{where}")
 
 
 def script_flags(args):

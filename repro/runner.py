@@ -14,6 +14,7 @@ in sessions of their own: Ctrl-C or SIGTERM reaches reproduce.py alone, which ha
 signal to every running child once, lets each save its epoch, and stops; a child whose driver dies
 by SIGKILL gets SIGTERM from the kernel (utils/runtime.stop_with_parent).
 """
+import itertools
 import json
 import os
 import queue
@@ -26,7 +27,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import NamedTuple, Optional
 
-from utils.errors import Interrupted
+from utils.errors import ConfigError, Interrupted
 from utils.runtime import PARENT_ENV, Terminated
 from utils.tracking import read_jsonl
 from utils.checkpoint import load_checkpoint
@@ -137,13 +138,14 @@ class SubprocessRunner:
     """Runs a stage's training script in a child process started in `base`.
 
     Every child gets `threads` intra-op threads, whatever the number of jobs: the thread count
-    changes how sums are split and so the numbers, bit for bit. With `gpus`, each of the `jobs`
-    slots owns `nproc` of them (CUDA_VISIBLE_DEVICES); more slots than GPU groups share them.
+    changes how sums are split and so the numbers, bit for bit. With `gpus` (numbered as this
+    process sees them, see `visible_gpus`), each of the `jobs` slots owns `nproc` of them
+    (CUDA_VISIBLE_DEVICES); more slots than GPU groups share them.
     """
 
     def __init__(self, base, flags=(), nproc=1, threads=1, gpus=None, jobs=1):
         self.base, self.flags, self.nproc, self.threads = base, list(flags), nproc, threads
-        self.groups = gpu_groups(gpus, nproc) if gpus else None
+        self.groups = gpu_groups(visible_gpus(gpus), nproc) if gpus else None
         self.jobs, self.slots = jobs, queue.SimpleQueue()
         for slot in range(jobs):
             self.slots.put(slot)
@@ -238,6 +240,28 @@ def signal_group(child, signum):
         os.killpg(child.pid, signum)
     except (ProcessLookupError, PermissionError):
         return  # already gone
+
+
+def visible_gpus(indices, environ=None):
+    """The CUDA_VISIBLE_DEVICES entries that name GPUs `indices` of this process, as strings.
+
+    CUDA numbers a process's GPUs 0, 1, ... in the order of its CUDA_VISIBLE_DEVICES, whose
+    entries are GPU numbers or UUIDs (GPU-..., MIG-...). A child handed the indices themselves
+    would read them as the machine's GPUs: under a scheduler's CUDA_VISIBLE_DEVICES=4,5,6,7,
+    index 0 must reach the child as 4. Without the variable the indices are the machine's.
+    """
+    environ = os.environ if environ is None else environ
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is None:
+        return [str(index) for index in indices]
+    # CUDA reads the list up to its first empty entry
+    entries = list(itertools.takewhile(bool, (e.strip() for e in listed.split(","))))
+    missing = [index for index in indices if index >= len(entries)]
+    if missing:
+        raise ConfigError(f"--gpus {','.join(map(str, indices))}: CUDA_VISIBLE_DEVICES={listed} "
+                          f"names {len(entries)} GPU(s) (0 to {len(entries) - 1}), so GPU "
+                          f"{missing[0]} does not exist")
+    return [entries[index] for index in indices]
 
 
 def gpu_groups(gpus, nproc):

@@ -110,7 +110,8 @@ def test_the_live_line_shows_every_running_stage():
                                       "test acc 97.21")
 
 
-def test_each_slot_gets_its_gpus_and_every_child_the_same_threads(tmp_path):
+def test_each_slot_gets_its_gpus_and_every_child_the_same_threads(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)  # the machine's own numbering
     assert gpu_groups([0, 1, 2, 3], 1) == [[0], [1], [2], [3]]
     assert gpu_groups([0, 1, 2, 3, 4], 2) == [[0, 1], [2, 3]]
     runner = SubprocessRunner(tmp_path, gpus=[0, 1], jobs=4, threads=3)

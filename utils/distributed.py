@@ -47,11 +47,22 @@ def launched_world(environ=None):
     return World(int(environ["RANK"]), size, int(environ.get("LOCAL_RANK", "0")))
 
 
+# The device of this process's run. NCCL takes only tensors on the process's own GPU, so every
+# tensor handed to a collective lives there; helpers that make their own tensors read it here.
+_run = {"device": torch.device("cpu")}
+
+
+def run_device():
+    """The device `start` was given (the CPU before that, or after `stop`)."""
+    return _run["device"]
+
+
 def start(world, device):
     """Join the process group: NCCL between GPUs, Gloo between CPU processes.
 
     Returns a line for the log when torchrun's set-up will not survive an elastic restart.
     """
+    _run["device"] = torch.device(device)  # also when a caller joined the group itself
     if not world.distributed or dist.is_initialized():
         return None
     backend = "nccl" if device.type == "cuda" else "gloo"
@@ -99,6 +110,7 @@ def _restart_warning(store, environ=None):
 def stop(finished=False):
     """Leave the process group; after a finished run, all ranks together (a rank that tore its
     Gloo connections down while rank 0 was still writing could abort at exit)."""
+    _run["device"] = torch.device("cpu")
     if dist.is_available() and dist.is_initialized():
         if finished and active():
             dist.barrier()
@@ -164,7 +176,7 @@ def check_same_epoch(epoch):
     """All ranks must continue from the same checkpoint (one run folder, shared by all nodes)."""
     if not active():
         return
-    bounds = all_min(torch.tensor([epoch, -epoch]))
+    bounds = all_min(torch.tensor([epoch, -epoch], device=run_device()))
     low, high = int(bounds[0]), -int(bounds[1])
     if low != high:
         raise ConfigError(f"the ranks resumed from different epochs ({low} to {high}): every node "
@@ -205,11 +217,22 @@ def wrap(model, world, device):
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
 
-def convert_sync_bn(model, world, device, enabled):
-    """Batch-norm statistics over the global batch instead of each rank's share (CUDA only)."""
+def sync_bn_applies(world, device, enabled):
+    """Whether batch norm syncs over the ranks: asked for, several processes, on CUDA."""
     if not (enabled and world.distributed):
-        return model
+        return False
     if device.type != "cuda":
         raise ConfigError("sync_bn: 1 needs CUDA (PyTorch's SyncBatchNorm has no CPU "
                           "implementation); set sync_bn to 0 for CPU runs")
-    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return True
+
+
+def convert_sync_bn(module, world, device, enabled):
+    """Batch-norm statistics over the global batch instead of each rank's share (CUDA only).
+
+    For the trained network and for an objective's own heads alike; frozen networks, which an
+    objective keeps outside its submodules, stay as they are (eval mode uses running statistics).
+    """
+    if not sync_bn_applies(world, device, enabled):
+        return module
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)

@@ -28,7 +28,7 @@ from .errors import Diverged, NastyError
 from .networks import build_network, load_frozen, make_optimizer
 from .params import check_set_keys, load_params
 from .provenance import fingerprint_text, numerics, provenance
-from .speed import Precision, fast_settings, maybe_compile
+from .speed import Precision, fast_settings, maybe_compile, to_layout
 from .runtime import (RunLock, Terminated, attach_log_file, check_save_path, interruption_error,
                       seed_everything, select_device, setup_logging, stop_requested, stopped_by)
 from .tracking import EpochLog
@@ -98,7 +98,7 @@ def prepare(args, script, overrides=None):
     model = distributed.convert_sync_bn(model, world, device, params.sync_bn)
     if frozen is None:  # after the model, as always: the random initialisations stay the same
         frozen = load_frozen_networks(params, device, log)
-    objective = params.method_entry.build(params, frozen).to(device)
+    objective = build_objective(params, frozen, world, device)
     optimizer = make_optimizer(params.model_name, [*model.parameters(), *objective.parameters()],
                                params.learning_rate)
     log.info(f"Optimizer: {type(optimizer).__name__}")
@@ -109,6 +109,14 @@ def prepare(args, script, overrides=None):
     if params.method_entry.on_start:
         params.method_entry.on_start(run, frozen)
     return run
+
+
+def build_objective(params, frozen, world, device):
+    """The method's objective on `device`. Its own modules (auxiliary heads) train on the same
+    per-rank shares as the network, so they get the network's sync_bn and memory layout too."""
+    objective = params.method_entry.build(params, frozen).to(device)
+    objective = distributed.convert_sync_bn(objective, world, device, params.sync_bn)
+    return to_layout(objective, bool(params.channels_last))
 
 
 def start_logging(params, device, world, fast):

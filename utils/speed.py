@@ -8,8 +8,14 @@
 The defaults (amp "off", channels_last 0, compile 0, deterministic 1) keep the original's
 fp32 numerics. `fast_settings(device)` is what `--fast` turns on: the set measured to help
 on that kind of device.
+
+Under fp16 a step whose scaled gradients overflow is skipped by the scaler, which then lowers its
+scale; the engine's divergence watch reads the unscaled loss terms, so it stops a run only when the
+loss itself is not finite (which no loss scale can mend).
 """
 import torch
+
+from .errors import ConfigError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -35,7 +41,9 @@ class Precision:
 
 
 def cpu_has_fast_bf16():
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    # private helpers of torch.cpu, which releases add and rename: a missing one means "no"
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def fast_settings(device):
@@ -52,9 +60,18 @@ def fast_settings(device):
     return settings
 
 
-def to_layout(model, channels_last):
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+def to_layout(module, channels_last):
+    """`module`'s 4-d weights in NHWC when asked: the trained network and an objective's heads
+    alike (a head left NCHW gets the network's NHWC outputs and has its weights converted to
+    match at every call)."""
+    return module.to(memory_format=torch.channels_last) if channels_last else module
 
 
 def maybe_compile(model, enabled):
-    return torch.compile(model) if enabled else model
+    if not enabled:
+        return model
+    try:
+        return torch.compile(model)
+    except RuntimeError as error:  # raised at once where this PyTorch cannot compile on this Python
+        raise ConfigError(f"compile: 1: {error}; set compile to 0, or install a PyTorch whose "
+                          "torch.compile supports this Python (see README, Install)") from None
