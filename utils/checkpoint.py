@@ -75,17 +75,21 @@ def pickles_parse(path):
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
                 name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
-                data, count = archive.read(name), 1
-        else:
-            data, count = Path(path).read_bytes(), LEGACY_PICKLES  # an error path: read it whole
-        stream = io.BytesIO(data)
-        for _ in range(count):
-            if stream.tell() >= len(data):
-                break  # a plain pickle file holds one
-            for _ in pickletools.genops(stream):
-                pass
-    except (ValueError, StopIteration, zipfile.BadZipFile, OSError, EOFError):
+                data = archive.read(name)
+            return _parse_pickles(io.BytesIO(data), len(data), 1)
+        with open(path, "rb") as stream:  # read as parsed: the tensors' bytes follow the pickles
+            return _parse_pickles(stream, os.path.getsize(path), LEGACY_PICKLES)
+    except Exception:  # any failure to parse (bad opcode, cut short, odd zip) is damage
         return False
+
+
+def _parse_pickles(stream, size, count):
+    """Parse up to `count` pickles one after the other (raises on the first malformed one)."""
+    for _ in range(count):
+        if stream.tell() >= size:
+            break  # a plain pickle file holds one
+        for _ in pickletools.genops(stream):
+            pass
     return True
 
 
