@@ -70,12 +70,14 @@ def main(argv=None):
     with profile(activities=activities) as profiler:
         steps(model, optimizer, images, labels, args.steps, device)
     kind = "cuda" if device.type == "cuda" else "cpu"
-    events = [e for e in profiler.key_averages() if getattr(e, f"self_{kind}_time_total") > 0]
-    total = sum(getattr(e, f"self_{kind}_time_total") for e in events)
-    events.sort(key=lambda e: getattr(e, f"self_{kind}_time_total"), reverse=True)
+    # the profiler names a GPU's time 'device' time (self_cuda_time_total is gone from it)
+    field = "self_device_time_total" if kind == "cuda" else "self_cpu_time_total"
+    events = [e for e in profiler.key_averages() if getattr(e, field) > 0]
+    total = sum(getattr(e, field) for e in events)
+    events.sort(key=lambda e: getattr(e, field), reverse=True)
     print(f"self {kind} time by operator ({total / 1e6:.2f} s profiled):")
     for event in events[:args.top]:
-        share = getattr(event, f"self_{kind}_time_total") / total
+        share = getattr(event, field) / total
         print(f"  {100 * share:5.1f}%  {event.key}")
 
 
