@@ -67,6 +67,8 @@ def run_record(run, outcome):
             "test_acc": [r.get("test_acc") for r in rows],
             "epoch_seconds": round(sum(r.get("seconds", 0.0) for r in rows), 1),
             "numerics": sorted({r["numerics"] for r in rows if r.get("numerics")}),
+            "numerics_partial": any(not r.get("numerics") for r in rows) and
+            any(r.get("numerics") for r in rows),
             "wall_seconds": round(sum(a.get("seconds", 0.0) for a in attempts), 1) if attempts else None,
             "exit_code": outcome.exit_code if outcome else None,
             "log": outcome.log if outcome else None,
@@ -304,17 +306,20 @@ def render_numerics(results):
     counts = results.get("numerics") or {}
     if not counts:
         return []
-    runs = sum(len(stage["runs"]) for stage in results["stages"].values())
+    runs = [run for stage in results["stages"].values() for run in stage["runs"]]
+    # a run without one was not trained, or trained (some epochs) before fingerprints existed
+    unknown = sum(1 for run in runs if not run.get("numerics") or run.get("numerics_partial"))
+    if len(counts) == 1 and not unknown:
+        return [f"Numerics: {next(iter(counts))} (every run). Exact numbers hold for this "
+                "fingerprint; see utils/provenance.py.", ""]
     if len(counts) == 1:
-        (text, n), = counts.items()
-        if n < runs:
-            return [f"Numerics: {text} ({n} of {runs} runs; the others record none: not trained, "
-                    "or trained before fingerprints existed).", ""]
-        return [f"Numerics: {text} (every run). Exact numbers hold for this fingerprint; see "
-                "utils/provenance.py.", ""]
+        return [f"Numerics: {next(iter(counts))} ({len(runs) - unknown} of {len(runs)} runs; the "
+                "others record none for some or all epochs: not trained, or trained before "
+                "fingerprints existed).", ""]
     lines = ["Numerics: the runs were trained under several fingerprints, so their exact numbers "
              "come from different machines or settings:"]
     lines += [f"- {text}: {n} run(s)" for text, n in counts.items()]
+    lines += [f"- none recorded (for some or all epochs): {unknown} run(s)"] if unknown else []
     return lines + [""]
 
 

@@ -11,10 +11,10 @@ import train_kd
 import train_scratch
 from configs import KD, TINY, write_config
 from methods import STUDENT, TEACHER, Method, Objective, register
-from utils.checkpoint import load_checkpoint
+from utils.checkpoint import load_checkpoint, save_checkpoint
 from utils.errors import ConfigError
 from utils.params import describe, params_from_dict
-from utils.provenance import fingerprint_text
+from utils.provenance import cpu_model, fingerprint_text, numerics
 from utils.schema import FLOAT, INT, Key, bounds
 from utils.tracking import read_metrics
 
@@ -231,13 +231,26 @@ def test_runs_record_the_numerics_fingerprint_in_checkpoints_metrics_and_log(tmp
     facts = load_checkpoint(run / "last_model.tar")["numerics"]
     assert facts == {"torch": torch.__version__, "device": "cpu",
                      "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                     "threads": torch.get_num_threads()}
+                     "threads": torch.get_num_threads(), "cpu_model": cpu_model()}
     text = fingerprint_text(facts)
     assert text == (f"torch {torch.__version__}, cpu {facts['cpu_capability']}, {facts['threads']} "
                     f"thread{'s' if facts['threads'] != 1 else ''}")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["numerics"] for r in rows] == [text]
     assert f"Numerics: {text}" in (run / "training.log").read_text()
+
+
+def test_a_run_resumed_under_another_fingerprint_says_so(tmp_path):
+    run = write_config(tmp_path / "run", NET)
+    _train(run)
+    checkpoint = load_checkpoint(run / "last_model.tar")
+    checkpoint["numerics"] = {**checkpoint["numerics"], "cpu_capability": "VSX"}  # a POWER machine
+    save_checkpoint(run / "last_model.tar", checkpoint)
+    _train(run, "--set", "num_epochs=2", "--resume", "auto")
+    here = fingerprint_text(numerics("cpu"))
+    there = here.replace(f"cpu {torch.backends.cpu.get_cpu_capability()}", "cpu VSX")
+    assert (f"the epochs so far were trained under {there}, the rest will be under {here}: the "
+            "exact numbers will match neither") in (run / "training.log").read_text()
 
 
 def test_set_without_equals_sign_is_a_usage_error(tmp_path, capsys):

@@ -317,12 +317,18 @@ def test_tiny_chain_says_under_which_numerics_its_numbers_hold(digits_chain):
 
 
 def test_runs_trained_under_several_fingerprints_are_listed_apart():
-    results = {"numerics": {"torch 2.14.1, cpu AVX2, 1 thread": 2, "torch 2.14.1, cpu AVX512, 1 thread": 1},
-               "stages": {"a": {"runs": [{}, {}]}, "b": {"runs": [{}]}}}
-    assert render_numerics(results) == [
+    avx2, avx512 = "torch 2.14.1, cpu AVX2, 1 thread", "torch 2.14.1, cpu AVX512, 1 thread"
+    runs = {"a": {"runs": [{"numerics": [avx2]}, {"numerics": [avx2]}]},
+            "b": {"runs": [{"numerics": [avx512]}, {"numerics": []}]}}
+    assert render_numerics({"numerics": {avx2: 2, avx512: 1}, "stages": runs}) == [
         "Numerics: the runs were trained under several fingerprints, so their exact numbers come "
         "from different machines or settings:",
-        "- torch 2.14.1, cpu AVX2, 1 thread: 2 run(s)", "- torch 2.14.1, cpu AVX512, 1 thread: 1 run(s)", ""]
+        f"- {avx2}: 2 run(s)", f"- {avx512}: 1 run(s)",
+        "- none recorded (for some or all epochs): 1 run(s)", ""]
+    # one fingerprint, but a run resumed from epochs trained before fingerprints existed
+    partial = {"a": {"runs": [{"numerics": [avx2]}, {"numerics": [avx2], "numerics_partial": True}]}}
+    assert render_numerics({"numerics": {avx2: 2}, "stages": partial})[0].startswith(
+        f"Numerics: {avx2} (1 of 2 runs; the others record none for some or all epochs")
     assert render_numerics({"numerics": {}, "stages": {}}) == []
 
 

@@ -389,6 +389,15 @@ def load_objective_state(run, checkpoint, path):
                          f"{run.params.method!r} ({first})") from None
 
 
+def warn_other_numerics(run, checkpoint):
+    """A run continued under another numerics fingerprint than its checkpoint's: its exact numbers
+    will match neither machine's (metrics.jsonl keeps each epoch's fingerprint)."""
+    saved = checkpoint.get("numerics")
+    if saved and fingerprint_text(saved) != run_fingerprint(run):
+        run.log.warning(f"- the epochs so far were trained under {fingerprint_text(saved)}, the rest "
+                        f"will be under {run_fingerprint(run)}: the exact numbers will match neither")
+
+
 def resume_state(run, path):
     """Load `path` into the run; returns the epoch to continue from and the best so far."""
     checkpoint = load_weights(run.model, path, map_location=run.device,
@@ -408,6 +417,7 @@ def resume_state(run, path):
                  "best_epoch": checkpoint["best_epoch"]}
         run.log.info(f"- Resumed from {path}: continuing after epoch {epoch} with its optimizer "
                      f"state; best so far {state['best_acc']:.3f} (epoch {state['best_epoch']})")
+        warn_other_numerics(run, checkpoint)
         return state
     fresh = " and fresh objective parameters" if run.objective.state_dict() else ""
     run.log.info(f"- Resumed from {path} (original format): weights only; continuing after epoch "

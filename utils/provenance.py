@@ -8,7 +8,9 @@ fingerprint of the machine that computed it.
 The same seed and config give other floats, and after a few epochs other accuracies, when any
 part of the fingerprint changes: the PyTorch build, the device kind, the CPU's vector instruction
 set (AVX2 and AVX-512 kernels sum in other orders) or the GPU model, the number of intra-op threads,
-the number of processes. Exact numbers are only comparable between runs with the same fingerprint.
+the number of processes. Exact numbers are only comparable between runs with the same fingerprint;
+the same fingerprint is necessary for equal numbers, not sufficient (oneDNN and cuDNN pick kernels by
+finer traits), so the CPU model and the cuDNN version are recorded beside it, outside its line.
 """
 import functools
 import subprocess
@@ -41,12 +43,25 @@ def numerics(device=None, world_size=1):
     facts = {"torch": str(torch.__version__), "device": device.type}  # TorchVersion does not unpickle weights-only
     if device.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["cudnn"] = torch.backends.cudnn.version()
     else:
         facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     facts["threads"] = torch.get_num_threads()
     if world_size > 1:
         facts["processes"] = world_size
+    facts["cpu_model"] = cpu_model()  # beside the fingerprint line, not in it
     return facts
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_model():
+    """The CPU's model name (Linux /proc/cpuinfo; None where there is none)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
+    return names[0] if names else None
 
 
 def fingerprint_text(facts):
