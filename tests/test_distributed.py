@@ -281,16 +281,6 @@ def test_two_ranks_compute_the_global_batch_gradient_of_one_process(probes, name
         assert 1e-4 < relative < 1.0  # per-rank batch statistics: visibly more than float noise
 
 
-def test_global_batch_split_stays_close_to_one_process_with_batch_norm(probes):
-    """With batch norm each rank normalises its own 50 images, not the 100 of the global batch:
-    a small, expected difference (sync_bn on GPUs removes it)."""
-    model = nets.build_model("net", 10, num_channels=8, dropout_rate=0.0)
-    one = _parameter_part(probes["net", 1][0], model)[-1]
-    two = _parameter_part(probes["net", 2][0], model)[-1]
-    relative = ((one - two).abs().mean() / one.abs().mean()).item()
-    assert 0 < relative < 0.1  # measured 0.063 after 30 Adam steps at lr 1e-3
-
-
 @pytest.fixture(scope="module")
 def chain(tmp_path_factory):
     """scratch -> nasty -> kd, each with 2 ranks."""
