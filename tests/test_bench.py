@@ -54,3 +54,14 @@ def test_step_profile_gives_the_fixed_batch_rate_and_the_top_operators():
     assert lines[2].startswith("self cpu time by operator")
     shares = [float(re.match(r"\s+([\d.]+)%  aten::\w+|\s+([\d.]+)%", line).group(1) or 0) for line in lines[3:]]
     assert len(shares) == 3 and shares == sorted(shares, reverse=True) and sum(shares) <= 100.0
+
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_names_the_dry_run(tmp_path):
+    if torch.cuda.is_available():
+        return  # the check itself runs there (bench/gpu_check.py --out DIR)
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("error: --device cuda: this machine has no usable CUDA device "
+                                     "(use --device cpu --tiny for the dry run)")
+    assert not (tmp_path / "out").exists()  # nothing written
