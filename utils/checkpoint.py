@@ -8,6 +8,7 @@ leaves either the old or the new file. Every load is `weights_only=True`: a file
 would run code when unpickled is refused. Keys saved from `nn.DataParallel` (`module.`)
 or `torch.compile` (`_orig_mod.`) wrappers load into the bare network.
 """
+import collections
 import contextlib
 import io
 import os
@@ -88,8 +89,7 @@ def _parse_pickles(stream, size, count):
     for _ in range(count):
         if stream.tell() >= size:
             break  # a plain pickle file holds one
-        for _ in pickletools.genops(stream):
-            pass
+        collections.deque(pickletools.genops(stream), maxlen=0)  # parse to STOP, keep nothing
     return True
 
 
