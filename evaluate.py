@@ -23,14 +23,16 @@ import json
 import math
 from pathlib import Path
 
-from utils.checkpoint import check_file
-from utils.data import build_loaders
-from utils.engine import EVAL_BATCH
-from utils.errors import ConfigError
-from utils.evaluation import classification_metrics, compare_outputs, predict
-from utils.networks import load_frozen
-from utils.params import COMMON, load_params, params_from_dict
-from utils.runtime import OneLineParser, add_set_flag, run_script, select_device
+from methods import load_params, params_from_dict
+from utils.base.checkpoint import check_file
+from utils.base.errors import ConfigError
+from utils.data.loader import build_loaders
+from utils.training.cli import OneLineParser, add_set_flag, run_script
+from utils.training.device import select_device
+from utils.training.engine import EVAL_BATCH
+from utils.training.evaluation import classification_metrics, compare_outputs, predict
+from utils.training.networks import load_frozen
+from utils.training.params import COMMON
 
 DEFAULT_TEMPERATURE = 4.0
 # keys every params.json needs that an evaluation does not use: what --model/--dataset fill in

@@ -23,14 +23,14 @@ import argparse
 import os
 from pathlib import Path
 
-from utils.errors import ConfigError, NastyError
 from repro.figures import add_figures
 from repro.pipeline import describe_plan, make_plan
 from repro.progress import Progress
 from repro.report import collect, write_report
 from repro.runner import Interrupted, SubprocessRunner, execute
 from repro.sweep import collect_sweep, sweep_plan, write_sweep_report
-from utils.runtime import OneLineParser, add_set_flag, run_script
+from utils.base.errors import ConfigError, NastyError
+from utils.training.cli import OneLineParser, add_set_flag, run_script
 
 
 def parse(argv):

@@ -8,8 +8,9 @@ the loss alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE with `temperatu
 `alpha`. The teacher's test accuracy is logged before training, as the original did.
 A `method` key selects another method of methods/ that this script runs (a student strategy).
 """
-from utils.engine import fit, prepare
-from utils.runtime import run_script, script_parser
+import methods
+from utils.training.cli import run_script, script_parser
+from utils.training.engine import fit, prepare
 
 
 def main(argv=None):
@@ -18,7 +19,7 @@ def main(argv=None):
                         help="teacher checkpoint, overriding teacher_resume of params.json")
     args = parser.parse_args(argv)
     overrides = {"teacher_resume": args.teacher_resume} if args.teacher_resume else {}
-    fit(prepare(args, script="kd", overrides=overrides), args.resume)
+    fit(prepare(args, methods.TABLE, "kd", overrides=overrides), args.resume)
 
 
 if __name__ == "__main__":

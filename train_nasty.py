@@ -7,13 +7,14 @@ network, `adversarial_model` and its checkpoint `adversarial_resume`, and the lo
 CE - weight * T^2 * KL(nasty || adversarial) with `temperature` T and `weight`.
 A `method` key selects another method of methods/ that this script runs (a defence).
 """
-from utils.engine import fit, prepare
-from utils.runtime import run_script, script_parser
+import methods
+from utils.training.cli import run_script, script_parser
+from utils.training.engine import fit, prepare
 
 
 def main(argv=None):
     args = script_parser(__doc__).parse_args(argv)
-    fit(prepare(args, script="nasty"), args.resume)
+    fit(prepare(args, methods.TABLE, "nasty"), args.resume)
 
 
 if __name__ == "__main__":

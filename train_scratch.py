@@ -8,13 +8,14 @@ batch_size, num_epochs, ...); training.log, metrics.jsonl, best_model.tar, last_
 and tensorboard scalars are written there. `--resume DIR/last_model.tar` continues a run.
 A `method` key selects another method of methods/ that this script runs.
 """
-from utils.engine import fit, prepare
-from utils.runtime import run_script, script_parser
+import methods
+from utils.training.cli import run_script, script_parser
+from utils.training.engine import fit, prepare
 
 
 def main(argv=None):
     args = script_parser(__doc__).parse_args(argv)
-    fit(prepare(args, script="scratch"), args.resume)
+    fit(prepare(args, methods.TABLE, "scratch"), args.resume)
 
 
 if __name__ == "__main__":

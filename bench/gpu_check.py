@@ -36,11 +36,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from datagen import make_cifar  # noqa: E402
-from utils.checkpoint import load_checkpoint  # noqa: E402
-from utils.provenance import fingerprint_text, numerics  # noqa: E402
+from utils.base.checkpoint import load_checkpoint  # noqa: E402
+from utils.base.provenance import fingerprint_text, numerics  # noqa: E402
+from utils.data.fixtures import make_cifar  # noqa: E402
 
 SIZES = {"full": {"train": 50000, "test": 10000, "images": 10000, "repeats": 2, "synth_images": 256,
                   "synth_iterations": 200, "batches": (128, 512)},

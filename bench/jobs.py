@@ -23,7 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils.checkpoint import load_checkpoint  # noqa: E402 (after the path)
+from utils.base.checkpoint import load_checkpoint  # noqa: E402 (after the path)
+
 SKIP = ("seed_", "sweep_")  # generated folders: not configs
 
 

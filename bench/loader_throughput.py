@@ -20,12 +20,15 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from datagen import make_cifar  # noqa: E402
-from utils.augment import CropFlip  # noqa: E402
-from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader  # noqa: E402
-from utils.datasets import read_cifar  # noqa: E402
+from utils.data.augment import CropFlip  # noqa: E402
+from utils.data.cifar import (  # noqa: E402
+    CIFAR_MEAN,
+    CIFAR_STD,
+    read_cifar,  # noqa: E402
+)
+from utils.data.fixtures import make_cifar  # noqa: E402
+from utils.data.loader import DeviceLoader  # noqa: E402
 
 
 def reference_loader(data_dir, batch_size, workers):

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nets  # noqa: E402
 from nets.registry import optimizer_of  # noqa: E402
-from utils.networks import make_optimizer  # noqa: E402
-from utils.provenance import fingerprint_text, numerics  # noqa: E402
+from utils.base.provenance import fingerprint_text, numerics  # noqa: E402
+from utils.training.networks import make_optimizer  # noqa: E402
 
 
 def build(args, device):

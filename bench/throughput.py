@@ -28,16 +28,16 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from datagen import make_cifar  # noqa: E402
 from loader_throughput import reference_loader  # noqa: E402
-from utils import engine, networks  # noqa: E402
-from utils.data import build_loaders  # noqa: E402
-from utils.distributed import SINGLE  # noqa: E402
-from utils.params import params_from_dict  # noqa: E402
-from utils.runtime import seed_everything  # noqa: E402
-from utils.speed import Precision, fast_settings, maybe_compile  # noqa: E402
+
+from methods import params_from_dict  # noqa: E402
+from utils.base.world import SINGLE  # noqa: E402
+from utils.data.fixtures import make_cifar  # noqa: E402
+from utils.data.loader import build_loaders  # noqa: E402
+from utils.training import engine, networks  # noqa: E402
+from utils.training.device import seed_everything  # noqa: E402
+from utils.training.speed import Precision, fast_settings, maybe_compile  # noqa: E402
 
 NET_OPTIONS = {"num_channels": 32, "dropout_rate": 0.0}
 

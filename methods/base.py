@@ -1,46 +1,51 @@
-"""The method table: what a training method is, and the registry every method module adds itself to.
+"""The method table: what a training method and a teacher defence are, and the registries every
+module of methods/ adds itself to.
 
-    from methods.base import Frozen, Method, Objective, register
-    register(Method(name="kd", script="kd", role=STUDENT, build=build, ...))
+    from methods.base import Frozen, Method, Role, register
+    register(Method(name="kd", script="kd", role=Role.STUDENT, build=build, ...))
+    register_defence(Defence(name="sparse", transform=..., label=..., keys=...))
 
 A method says which script runs it, the params.json keys it adds, the frozen networks it reads
 (and the keys naming their checkpoints, from which reproduce.py orders stages), its loss terms by
-name and its role in the results table. The engine (utils/engine.py) asks the table for all of
-it, so adding a method is one module in methods/ (see README, "Extending").
+name, and what the results tables need: its role, its label and rank, its setting, the temperature
+it reads soft outputs at. A defence is what a normal teacher hands its students instead of its
+logits (the `teacher_output` key selects it); it declares its keys and its row label. The training
+layer is handed `TABLE` (utils.training.params) and the chosen method; repro/ reads only these
+declarations. So a method or a defence is one module here (see docs/extending.md).
 """
+import enum
 from dataclasses import dataclass
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
-from utils.errors import ConfigError, did_you_mean
-from utils.schema import FLOAT, Key, REQUIRED, bounds
+from utils.base.errors import ConfigError, did_you_mean
+from utils.base.schema import FLOAT, REQUIRED, STR, Key, bounds
 
 SCRIPTS = {"scratch": "train_scratch.py", "nasty": "train_nasty.py", "kd": "train_kd.py"}
-# roles in the results table (repro/report.py)
-TEACHER, DEFENDED_TEACHER, STUDENT = "teacher", "defended teacher", "student strategy"
-ROLES = (TEACHER, DEFENDED_TEACHER, STUDENT)
 RESERVED_TERMS = ("loss", "acc")  # 'loss' is the total every method returns; acc is logged apart
+
+
+class Role(str, enum.Enum):
+    """A method's place in the results tables (repro/report.py, repro/matrix.py); a str, so
+    results.json holds its value."""
+    TEACHER = "teacher"                       # trained on labels: a normal teacher, or a student alone
+    DEFENDED_TEACHER = "defended teacher"     # trained to teach badly (nasty)
+    STUDENT = "student strategy"              # learns from a frozen teacher
+
+    def __str__(self):
+        return self.value
+
 
 # keys several methods share: one row each, so the schema has one meaning per name
 TEMPERATURE = Key("temperature", FLOAT, REQUIRED, "softmax temperature of the soft labels",
                   bounds(low=0, low_open=True))
 
 
-class Step(NamedTuple):
-    """Where training is when an objective is called (for delays and warm-ups)."""
-    epoch: int                       # 0-based
-    step: int                        # 0-based batch of the epoch
-    steps: int                       # batches per epoch
-
-    @property
-    def global_step(self):
-        return self.epoch * self.steps + self.step
-
-
 class Objective(torch.nn.Module):
-    """A training loss and what it needs: `forward(model, images, labels, at: Step)` returns
-    (the trained model's logits, {"loss": total, <term>: value, ...}) as 0-d tensors.
+    """A training loss and what it needs: `forward(model, images, labels, step)` returns
+    (the trained model's logits, {"loss": total, <term>: value, ...}) as 0-d tensors; `step`
+    (utils.training.step.Step) says where training is, for delays and warm-ups.
 
     Modules and parameters it owns (auxiliary heads) train with the model, under the model's
     optimizer, and are checkpointed apart under 'objective_state_dict', so the network's own
@@ -66,7 +71,7 @@ class AgainstFrozen(Objective):
             logits = self.frozen[self.role](images)
             return logits if self.transform is None else self.transform(logits)
 
-    def forward(self, model, images, labels, at):
+    def forward(self, model, images, labels, step):
         frozen_logits = self.frozen_logits(images)
         logits = model(images)
         return logits, self.loss(logits, frozen_logits, labels, **self.hyper)
@@ -78,11 +83,76 @@ class Frozen(NamedTuple):
     resume_key: str                  # params key of its checkpoint
 
 
+# ----------------------------------------------------------------------------- defences
+
+@dataclass(frozen=True)
+class Defence:
+    """What a normal teacher hands out instead of its logits, selected by `teacher_output`."""
+    name: str                        # the teacher_output value
+    summary: str                     # one line for the docs and the key's help
+    transform: Callable              # transform(logits, params) -> what the student reads
+    label: Callable = None           # label(params) -> its row in the defence x student table
+    keys: Tuple[Key, ...] = ()       # params keys it reads; they join every defended student's
+    check: Optional[Callable] = None  # check(typed values, num_classes) -> [problems]
+    rank: int = 50                   # row order in the tables (the undefended teacher is 0)
+
+    def row_label(self, params):
+        return self.label(params) if self.label else self.name
+
+
+_DEFENCES: Dict[str, Defence] = {}
+
+
+def register_defence(defence):
+    if defence.name in _DEFENCES:
+        raise ValueError(f"defence {defence.name!r} is registered twice")
+    _DEFENCES[defence.name] = defence
+    return defence
+
+
+def defence_names():
+    return list(_DEFENCES)
+
+
+def get_defence(name):
+    return _DEFENCES[name]
+
+
+def _known_defence(value):
+    return None if value in _DEFENCES else (
+        f"is not a known teacher output{did_you_mean(value, _DEFENCES)}, valid: {', '.join(_DEFENCES)}")
+
+
+NO_DEFENCE = register_defence(Defence(
+    "logits", "the teacher's own logits (no defence)", lambda logits, params: logits,
+    label=lambda params: "normal", rank=0))
+TEACHER_OUTPUT = Key("teacher_output", STR, NO_DEFENCE.name, "what a normal teacher hands its "
+                     "students: its logits, or the output of a defence of methods/ (sparse, ...)",
+                     _known_defence)
+
+
+def defence_keys():
+    """The keys of every defence, once each (they join every defended student's schema)."""
+    return tuple({key.name: key for d in _DEFENCES.values() for key in d.keys}.values())
+
+
+def defence_of(params):
+    """The defence a defended student's teacher answers through."""
+    return _DEFENCES[params.teacher_output]
+
+
+def defended_logits(logits, params):
+    """A normal teacher's logits as its student's defence hands them out."""
+    return defence_of(params).transform(logits, params)
+
+
+# ----------------------------------------------------------------------------- methods
+
 @dataclass(frozen=True)
 class Method:
     name: str
     script: str                      # a key of SCRIPTS: train_<script>.py runs this method
-    role: str                        # one of ROLES
+    role: Role
     build: Callable                  # build(params, frozen networks by role) -> Objective
     summary: str                     # one line for --help and the docs
     keys: Tuple[Key, ...] = ()       # params.json keys it adds to the schema
@@ -93,27 +163,63 @@ class Method:
     on_start: Optional[Callable] = None  # on_start(run, frozen): e.g. log the teacher's accuracy
     diverged_hint: str = ""          # what else to lower when the loss diverges
     check: Optional[Callable] = None  # check(typed values) -> [problems] across keys, e.g. k >= 1
-    # train_split(params, frozen, save_path, log, world) -> utils.datasets.Split: the training
+    # train_split(params, frozen, save_path, log, world) -> utils.data.registry.Split: the training
     # split to use instead of the real one, which is then never read (data-free distillation).
     # Called with the frozen networks loaded, on every rank at once: rank 0 makes it; the others
     # must wait for it without collectives (by polling a file), so no process-group timeout applies.
     train_split: Optional[Callable] = None
+    # --- what the results tables need (repro/ reads these and names no method)
+    defended: bool = False           # reads its frozen teacher through the run's defence
+    label: Optional[Callable] = None  # label(params) -> its column (student) or row (defended teacher)
+    rank: int = 50                   # order of its column or row
+    paper_table: bool = False        # its undefended students fill the paper's table
+    setting: Optional[Callable] = None  # setting(params) -> "T=4, alpha=0.9": tells runs apart
+    temperature: Optional[Callable] = None  # temperature(params) -> T of the soft outputs it uses
+    made_split: Optional[Callable] = None  # made_split(run folder) -> the Split it trained on, or None
 
     @property
     def script_file(self):
         return SCRIPTS[self.script]
 
+    @property
+    def all_keys(self):
+        """Its own keys and, for a defended student, the defence keys."""
+        return self.keys + ((TEACHER_OUTPUT, *defence_keys()) if self.defended else ())
+
+    def defence(self, params):
+        """The defence its teacher answers through (None: not a defended student)."""
+        return defence_of(params) if self.defended else None
+
+    def in_paper_table(self, params):
+        return self.paper_table and self.defence(params) in (None, NO_DEFENCE)
+
+    def table_label(self, params):
+        return self.label(params) if self.label else self.name
+
+    def setting_text(self, params):
+        return self.setting(params) if self.setting else ""
+
+    def soft_temperature(self, params):
+        return self.temperature(params) if self.temperature else None
+
+    def problems(self, values, num_classes):
+        """Problems across keys (the schema checked each key alone): its own check, its defence's."""
+        found = list(self.check(values)) if self.check else []
+        defence = _DEFENCES.get(values.get(TEACHER_OUTPUT.name)) if self.defended else None
+        if defence and defence.check and num_classes:
+            found += defence.check(values, num_classes)
+        return found
+
 
 _METHODS: Dict[str, Method] = {}
 
 
-def register(method):
-    """Add `method` to the table; refuses a clash that would make a config mean two things."""
+def _check_entry(method):
     if method.name in _METHODS:
         raise ValueError(f"method {method.name!r} is registered twice")
-    if method.script not in SCRIPTS or method.role not in ROLES:
+    if method.script not in SCRIPTS or not isinstance(method.role, Role):
         raise ValueError(f"method {method.name!r}: script must be one of {list(SCRIPTS)}, "
-                         f"role one of {list(ROLES)}")
+                         f"role a methods.base.Role")
     clash = [t for t in method.terms if t in RESERVED_TERMS or not t.isidentifier()]
     if clash:
         raise ValueError(f"method {method.name!r}: term name {clash[0]!r} is reserved or invalid")
@@ -121,6 +227,11 @@ def register(method):
     for frozen in method.frozen:
         if not {frozen.model_key, frozen.resume_key} <= names:
             raise ValueError(f"method {method.name!r}: keys of frozen {frozen.role!r} not declared")
+
+
+def register(method):
+    """Add `method` to the table; refuses a clash that would make a config mean two things."""
+    _check_entry(method)
     for other in _METHODS.values():
         for key in method.keys:
             twin = next((k for k in other.keys if k.name == key.name), None)
@@ -146,7 +257,7 @@ def method_keys():
     """Every key some method adds, once each, with the methods that use it: {name: (Key, [methods])}."""
     table = {}
     for method in _METHODS.values():
-        for key in method.keys:
+        for key in method.all_keys:
             table.setdefault(key.name, (key, []))[1].append(method.name)
     return table
 
@@ -164,3 +275,16 @@ def infer_method(values, script=None):
         if method.implied_by and method.implied_by in values:
             return method
     return _METHODS["scratch"]
+
+
+class MethodTable:
+    """The table as the training layer sees it: utils.training.params is handed `TABLE`, so it
+    imports nothing of methods/ (the layers import downward only)."""
+    scripts = SCRIPTS
+    names = staticmethod(method_names)
+    get = staticmethod(get_method)
+    infer = staticmethod(infer_method)
+    keys = staticmethod(method_keys)
+
+
+TABLE = MethodTable()

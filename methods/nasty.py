@@ -2,10 +2,31 @@
 
 CE - weight * T^2 * KL(nasty || adversarial) + 100 against a frozen normal network.
 """
-from utils.losses import nasty_loss
-from utils.schema import FLOAT, MODEL, REQUIRED, STR, Key, bounds
+import torch.nn.functional as F
 
-from .base import DEFENDED_TEACHER, TEMPERATURE, AgainstFrozen, Frozen, Method, register
+from utils.base.schema import FLOAT, MODEL, REQUIRED, STR, Key, bounds
+
+from .base import TEMPERATURE, AgainstFrozen, Frozen, Method, Role, register
+
+# The original adds 100 to the nasty total "to make the loss positive". A constant
+# leaves every gradient unchanged; it is kept so logged totals compare with the
+# original's training.log line for line.
+NASTY_LOSS_OFFSET = 100.0
+
+
+def nasty_loss(logits, adversarial_logits, labels, T, weight):
+    """CE(logits, labels) - weight * T^2 * KL(softmax(logits/T) || softmax(adversarial/T)) + 100.
+
+    Self-undermining training: stay accurate while moving the soft outputs as far as
+    possible from what the frozen adversarial (normal) network predicts. Note the KL
+    direction: the trained network's distribution is the *target* side, so the gradient
+    flows through it there; the adversarial logits are constants.
+    """
+    ce = F.cross_entropy(logits, labels)
+    target = F.softmax(logits / T, dim=1)
+    kl = F.kl_div(F.log_softmax(adversarial_logits.detach() / T, dim=1), target,
+                  reduction="batchmean") * (T * T)
+    return {"loss": ce - weight * kl + NASTY_LOSS_OFFSET, "ce": ce, "kl": kl}
 
 
 def build(params, frozen):
@@ -14,7 +35,7 @@ def build(params, frozen):
 
 
 register(Method(
-    name="nasty", script="nasty", role=DEFENDED_TEACHER, build=build,
+    name="nasty", script="nasty", role=Role.DEFENDED_TEACHER, build=build,
     summary="nasty teacher: accurate, with soft outputs pushed away from a normal network's",
     keys=(TEMPERATURE,
           Key("adversarial_model", MODEL, REQUIRED, "the normal network the nasty teacher is "
@@ -26,4 +47,5 @@ register(Method(
     terms=("ce", "kl"),
     log_lines=(("loss", "Train loss"), ("ce", "Train teacher loss"),
                ("kl", "Train adversarial loss")),
-    implied_by="adversarial_resume", diverged_hint=" or weight"))
+    implied_by="adversarial_resume", diverged_hint=" or weight", rank=10,
+    temperature=lambda params: params.temperature))

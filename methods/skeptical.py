@@ -6,7 +6,7 @@ The student gets an auxiliary classifier on each of its stages but the last: an 
 stage's output, a stack of separable-convolution blocks carries it to the last stage's channels
 (stride 2 wherever the network's own stages shrink), then average pooling and a linear layer. The
 heads' logits are ordered [final, deepest auxiliary, ..., shallowest], as the authors order them,
-and the loss (utils.losses.skeptical_loss) distils the teacher into head `loc` after `kd_delay`
+and the loss (skeptical_loss) distils the teacher into head `loc` after `kd_delay`
 epochs of cross-entropy alone (CE only while epoch <= kd_delay, 0-based, as their `epoch > kd_delay`).
 
 The deployed student is the final head, the network itself: best_model.tar holds its plain
@@ -18,15 +18,36 @@ mobilenetv2 their taps (stage2, stage4, stage6), channel paths (to 1280), stride
 from typing import NamedTuple, Tuple
 
 import torch.nn as nn
+import torch.nn.functional as F
 
 import nets
-from utils.data import DATASETS
-from utils.losses import skeptical_loss
-from utils.schema import INT, Key, bounds
+from utils.base.schema import INT, Key, bounds
+from utils.data.registry import DATASETS
 
-from .base import STUDENT, TEMPERATURE, AgainstFrozen, Method, register
-from .kd import (ALPHA, DEFENCE_KEYS, TEACHER, TEACHER_KEYS, check_defence, log_teacher_accuracy,
-                 teacher_defence)
+from .base import TEMPERATURE, AgainstFrozen, Method, register
+from .kd import ALPHA, STUDENT, TEACHER_KEYS, distillation_setting, soft_kl, teacher_defence
+
+
+def skeptical_loss(outputs, teacher_logits, labels, T, alpha, loc, distill):
+    """The skeptical student's loss (Kundu et al., NeurIPS 2021) over its heads' logits `outputs`,
+    ordered [final, deepest auxiliary, ..., shallowest]:
+
+        alpha * T^2 * KL(teacher || outputs[loc]) + (1 - alpha) * CE(outputs[loc])
+        + 0.3 * KL(outputs[0] || outputs[1]) at T (no T^2; both sides trained)
+        + 0.7 * CE(outputs[1]) + CE(outputs[0])
+
+    or CE(outputs[0]) alone while `distill` is False (the first kd_delay + 1 epochs).
+    """
+    final, first_aux = outputs[0], outputs[1]
+    ce = F.cross_entropy(final, labels)
+    kl = soft_kl(teacher_logits, outputs[loc], T)
+    ce_loc = F.cross_entropy(outputs[loc], labels)
+    self_kl = F.kl_div(F.log_softmax(first_aux / T, dim=1), F.softmax(final / T, dim=1),
+                       reduction="batchmean")
+    ce_aux = F.cross_entropy(first_aux, labels)
+    total = (alpha * kl + (1.0 - alpha) * ce_loc + 0.3 * self_kl + 0.7 * ce_aux + ce
+             if distill else ce)
+    return {"loss": total, "ce": ce, "kl": kl, "ce_loc": ce_loc, "self_kl": self_kl, "ce_aux": ce_aux}
 
 
 class SepConv(nn.Sequential):
@@ -118,37 +139,37 @@ class Skeptical(AgainstFrozen):
         self.T, self.alpha, self.loc, self.delay = (params.temperature, params.alpha, params.loc,
                                                     params.kd_delay)
 
-    def forward(self, model, images, labels, at):
+    def forward(self, model, images, labels, step):
         teacher_logits = self.frozen_logits(images)
         logits, stages = nets.forward_features(model, images)
         auxiliary = [head(stages[tap.stage]) for tap, head in zip(self.taps, self.heads)]
         outputs = [logits] + auxiliary[::-1]  # [final, deepest auxiliary, ..., shallowest]
         return logits, skeptical_loss(outputs, teacher_logits, labels, self.T, self.alpha, self.loc,
-                                      distill=at.epoch > self.delay)
+                                      distill=step.epoch > self.delay)
 
 
 def check_skeptical(values):
-    problems = check_defence(values)
     shapes = student_shapes(values)
     if any(len(shape) != 3 for shape in shapes) or len(shapes) < 2:
-        return problems + [f"method 'skeptical' needs a convolutional student with two or more "
+        return [f"method 'skeptical' needs a convolutional student with two or more "
                            f"stages; {values['model_name']!r} has stage outputs {shapes}"]
     heads = len(taps_for(values["model_name"], shapes, DATASETS[values["dataset"]].input_size))
     if values["loc"] > heads:
-        problems.append(f"loc = {values['loc']} must be <= {heads}: {values['model_name']} has "
-                        f"{heads} auxiliary heads (0 is the final one)")
-    return problems
+        return [f"loc = {values['loc']} must be <= {heads}: {values['model_name']} has "
+                f"{heads} auxiliary heads (0 is the final one)"]
+    return []
 
 
 register(Method(
-    name="skeptical", script="kd", role=STUDENT,
+    name="skeptical", script="kd", **STUDENT,
     build=lambda params, frozen: Skeptical(params, frozen["teacher"]),
     summary="skeptical student: auxiliary heads on its stages, the teacher distilled into one of them",
-    keys=(TEMPERATURE, *TEACHER_KEYS, ALPHA, *DEFENCE_KEYS,
+    keys=(TEMPERATURE, *TEACHER_KEYS, ALPHA,
           Key("loc", INT, 1, "the head the teacher is distilled into: 0 the final one, 1 the "
               "deepest auxiliary head, ...", bounds(low=0)),
           Key("kd_delay", INT, 0, "epochs of cross-entropy alone before distilling (distils while "
               "epoch > kd_delay, 0-based, as the authors' code)", bounds(low=0))),
-    frozen=(TEACHER,), terms=("ce", "kl", "ce_loc", "self_kl", "ce_aux"),
+    terms=("ce", "kl", "ce_loc", "self_kl", "ce_aux"),
     log_lines=(("loss", "Train loss"), ("ce", "Train CE loss"), ("kl", "Train KD (KL) loss")),
-    on_start=log_teacher_accuracy, check=check_skeptical))
+    check=check_skeptical, rank=10, setting=distillation_setting,
+    temperature=lambda params: params.temperature))

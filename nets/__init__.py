@@ -10,10 +10,17 @@ Importing this package imports every module in it, and each module registers its
 import importlib
 import pkgutil
 
-from .registry import (build_model, check_input_size, check_model_name,  # noqa: F401
-                       model_input_sizes, model_names, model_options, optimizer_of,
-                       register)
 from .features import forward_features, stage_names, stage_shapes, unwrap_model  # noqa: F401
+from .registry import (  # noqa: F401
+    build_model,
+    check_input_size,
+    check_model_name,
+    model_input_sizes,
+    model_names,
+    model_options,
+    optimizer_of,
+    register,
+)
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):

@@ -83,7 +83,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
-from utils.errors import ConfigError, did_you_mean
+from utils.base.errors import ConfigError, did_you_mean
 
 from .registry import build_model
 

@@ -6,7 +6,7 @@ imports them all, so importing `nets` is enough to see every name.
 import inspect
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
-from utils.errors import ConfigError, did_you_mean
+from utils.base.errors import ConfigError, did_you_mean
 
 
 class _Entry(NamedTuple):

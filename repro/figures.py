@@ -13,23 +13,22 @@ Per normal teacher (with `<model>` its network, e.g. preresnet20):
                        alone, from the normal and from the nasty teacher (mean over seeds,
                        the band spans the seeds' lowest to highest).
 The teachers run on the CPU over at most COMPARE_LIMIT test images, the same number per class.
-Per tree with data-free students (methods/deepinversion.py):
-  synthetic.png        the first SYNTHETIC_SHOWN images each deepinversion stage synthesised from
-                       its teacher (its first finished run's synthetic.pt), one grid per teacher.
+Per tree with stages that make their own training set (a method's `made_split`, e.g. data-free):
+  synthetic.png        the first SYNTHETIC_SHOWN images each such stage made from its teacher
+                       (its first finished run's), one grid per stage.
 """
 import re
 from pathlib import Path
 
 import torch
 
-from utils.checkpoint import load_checkpoint
-from utils.data import build_loaders
-from utils.evaluation import compare_outputs, predict
+from methods import load_params
+from utils.base.errors import NastyError
+from utils.data.loader import build_loaders
+from utils.training.evaluation import compare_outputs, predict
+from utils.training.networks import load_frozen
+
 from .matrix import draw_matrix
-from utils.errors import NastyError
-from utils.networks import load_frozen
-from utils.params import load_params
-from utils.synthesis import CACHE_NAME
 
 COMPARE_LIMIT = 1000
 EXAMPLES = 4      # images in the softmax figure: the first test image of classes 0, 1, 2, 3
@@ -262,18 +261,29 @@ def group_figures(plan, results, group, name, plt, data_dir):
         group["figures"].append(f"curves_{name}.png")
 
 
+def made_set(stage, record):
+    """(run, Split) of the stage's first finished run that made its own training set, else None."""
+    if stage.method.made_split is None:
+        return None
+    for run in record["runs"]:
+        split = stage.method.made_split(run["folder"]) if run["finished"] else None
+        if split is not None:
+            return run, split
+    return None
+
+
 def synthetic_sets(plan, results):
-    """[(title, images, labels)]: the first synthetic images of each stage's first finished run that
-    has a synthetic set (deepinversion)."""
+    """[(title, images, labels)]: the first images of each stage's first finished run that made its
+    own training set (a method that declares `made_split`, e.g. a data-free one)."""
     sets = []
-    for name, stage in results["stages"].items():
-        runs = [r for r in stage["runs"] if r["finished"] and (Path(r["folder"]) / CACHE_NAME).exists()]
-        if not runs:  # a stage of a method that synthesises its training set (deepinversion)
+    for name, record in results["stages"].items():
+        found = made_set(plan.stage(name), record)
+        if found is None:
             continue
-        held = load_checkpoint(Path(runs[0]["folder"]) / CACHE_NAME)["state_dict"]
-        seed = "" if results["seeds"] is None else f", seed {runs[0]['seed']}"
+        run, split = found
+        seed = "" if results["seeds"] is None else f", seed {run['seed']}"
         sets.append((f"{name}: from {plan.stage(name).parent or 'an external teacher'}{seed}",
-                     held["images"][:SYNTHETIC_SHOWN], held["labels"][:SYNTHETIC_SHOWN]))
+                     split.images[:SYNTHETIC_SHOWN], split.labels[:SYNTHETIC_SHOWN]))
     return sets
 
 

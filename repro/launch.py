@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # started by pa
 
 from torch.distributed.run import main  # noqa: E402
 
-from utils.runtime import stop_with_parent  # noqa: E402
+from utils.training.cli import stop_with_parent  # noqa: E402
 
 if __name__ == "__main__":
     stop_with_parent()

@@ -3,59 +3,65 @@
 hard_label, ...), as `reproduce.py experiments/DigitsAttacks` writes it into results.md,
 results.json and `attacks_<teacher>_<student>.png`.
 
-A student's defence is its teacher's: a defended teacher (a stage of a method whose role is
-"defended teacher", e.g. nasty) by its method's name; a normal teacher by the `teacher_output` the
-student reads it through ("logits": normal, "sparse": stingy, "reverse": reverse). Its strategy is
-its method. Each cell is the mean ± std of the best accuracies over the seeds, and its difference
+A student's row is its teacher's defence: a defended teacher (a stage of a method whose role is
+"defended teacher") by its method's label; a normal teacher by the defence the student reads it
+through (the method table's `Defence`: its row label, e.g. "stingy (sparse 0.2)"). Its column is
+its method's label. Rows and columns are ordered by the ranks the methods and defences declare;
+this module names none of them. Each cell is the mean ± std of the best accuracies over the seeds, and its difference
 to the same network trained alone; each row also holds the accuracy of the teacher it learns from.
 A tree whose students are all plain KD from logits has only the paper's table (repro/report.py).
 """
-from methods import DEFENDED_TEACHER, STUDENT, TEACHER
-from .report import MISSING, alone_stage, cell, fmt, fmt_cell, is_paper_student, model_key, model_label
+from methods.base import Role
 
-ROW_ORDER = ("normal", "nasty", "stingy", "reverse")
-COLUMN_ORDER = ("kd", "skeptical", "hard_label")
+from .tables import (
+    MISSING,
+    alone_stage,
+    cell,
+    fmt,
+    fmt_cell,
+    is_paper_student,
+    model_key,
+    model_label,
+)
 
 
 def defence_of(student, by_name):
-    """(row label, name of the teacher stage whose accuracy the row shows, normal teacher's name)."""
+    """((rank, row label), name of the teacher stage whose accuracy the row shows, normal
+    teacher's name)."""
     teacher = by_name[student.parent]
-    if teacher.method.role == DEFENDED_TEACHER:
-        return teacher.method.name, teacher.name, teacher.parent
-    output = student.params.teacher_output or "logits"
-    label = {"logits": "normal", "sparse": f"stingy (sparse {student.params.sparse_ratio:g})",
-             "reverse": "reverse"}.get(output, output)
-    return label, teacher.name, teacher.name
-
-
-def _rank(label, order):
-    first = label.split(" ")[0]
-    return (order.index(first) if first in order else len(order), label)
+    if teacher.method.role == Role.DEFENDED_TEACHER:
+        return ((teacher.method.rank, teacher.method.table_label(teacher.params)), teacher.name,
+                teacher.parent)
+    defence = student.method.defence(student.params)
+    if defence is None:  # a student that reads no defence: its teacher's own outputs
+        return (0, "normal"), teacher.name, teacher.name
+    return (defence.rank, defence.row_label(student.params)), teacher.name, teacher.name
 
 
 def find_matrices(stages):
     """[{teacher, student label, alone, strategies, rows: [(defence, teacher stage, {strategy:
     stage})]}] for trees with more than the paper's students; [] otherwise."""
     by_name = {s.name: s for s in stages}
-    students = [s for s in stages if s.method.role == STUDENT and s.parent in by_name]
+    students = [s for s in stages if s.method.role == Role.STUDENT and s.parent in by_name]
     if all(is_paper_student(s) for s in students):
         return []
     found = {}
     for student in students:
         defence, teacher, normal = defence_of(student, by_name)
-        if normal is None or by_name[normal].method.role != TEACHER:
+        if normal is None or by_name[normal].method.role != Role.TEACHER:
             continue
         entry = found.setdefault((normal, model_key(student)), {
             "teacher": normal, "student": model_label(student), "rows": {},
             "alone": alone_stage(stages, student, by_name[normal])})
         row = entry["rows"].setdefault(defence, {"teacher": teacher, "cells": {}})
-        row["cells"].setdefault(student.method.name, student.name)
+        column = (student.method.rank, student.method.table_label(student.params))
+        row["cells"].setdefault(column, student.name)
     matrices = []
     for entry in found.values():
-        strategies = sorted({m for row in entry["rows"].values() for m in row["cells"]},
-                            key=lambda m: _rank(m, COLUMN_ORDER))
-        rows = [(label, row["teacher"], row["cells"]) for label, row in
-                sorted(entry["rows"].items(), key=lambda item: _rank(item[0], ROW_ORDER))]
+        columns = sorted({c for row in entry["rows"].values() for c in row["cells"]})
+        rows = [(label, row["teacher"], {c[1]: name for c, name in row["cells"].items()})
+                for (_, label), row in sorted(entry["rows"].items())]
+        strategies = [label for _, label in columns]
         matrices.append({**entry, "strategies": strategies, "rows": rows})
     return matrices
 

@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any, NamedTuple, Optional
 
-import methods
-from utils.checkpoint import load_checkpoint
-from utils.errors import ConfigError, NastyError, did_you_mean
-from utils.params import all_keys, keys_of, load_params, read_json
+import methods.base
+from methods.base import Role
+from methods import load_params
+from utils.base.checkpoint import load_checkpoint
+from utils.base.errors import ConfigError, NastyError, did_you_mean
+from utils.training.params import all_keys, keys_of, read_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SEED_FOLDER = re.compile(r"seed_\d+")
@@ -35,7 +37,7 @@ SWEEP_FOLDER = re.compile(r"sweep_\w+")  # a sweep's generated runs (repro/sweep
 class Stage:
     name: str                          # folder relative to the tree, e.g. "baseline/preresnet20"
     folder: Path                       # absolute
-    method: Any                        # its row of the method table (methods.Method)
+    method: Any                        # its row of the method table (Method)
     params: Any                        # the validated params.json
     config: dict                       # its raw values, the source of per-seed copies
     reference: Optional[str] = None    # checkpoint path as the config writes it
@@ -117,7 +119,7 @@ def find_config_folders(root):
 def load_stage(root, folder, overrides=None):
     """The stage of `folder`, validated now so that a bad config stops the plan, not hour three."""
     config, _ = read_json(folder / "params.json")  # duplicate keys: load_params reports them
-    implied = methods.infer_method(config)  # which keys --set may change; the schema checks all
+    implied = methods.base.infer_method(config)  # which keys --set may change; the schema checks all
     own = {k: v for k, v in (overrides or {}).items() if key_applies(k, implied)}
     params = load_params(folder, overrides=own)
     method = params.method_entry
@@ -137,8 +139,8 @@ def key_applies(key, method):
 
 def check_overrides_apply(overrides, stages):
     for key in overrides or {}:
-        if key not in all_keys():
-            raise ConfigError(f"--set {key}: unknown key{did_you_mean(key, all_keys())}")
+        if key not in all_keys(methods.base.TABLE):
+            raise ConfigError(f"--set {key}: unknown key{did_you_mean(key, all_keys(methods.base.TABLE))}")
         if not any(key in s.overrides for s in stages):
             raise ConfigError(f"--set {key}: no stage's method uses this key")
 
@@ -222,7 +224,7 @@ def order_stages(stages):
         depth(stage.name, [])
     needed = {s.parent for s in stages if s.parent}
     return sorted(stages, key=lambda s: (level[s.name], s.name not in needed,
-                                         methods.ROLES.index(s.method.role), s.name))
+                                         list(Role).index(s.method.role), s.name))
 
 
 def make_plan(folder, seeds=None, overrides=None):

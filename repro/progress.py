@@ -16,8 +16,9 @@ import sys
 import threading
 import time
 
+from utils.training.tracking import read_metrics
+
 from .runner import exit_text
-from utils.tracking import read_metrics
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+)")
 EVAL_LINE = re.compile(r"^- Eval metrics : acc: ([0-9.]+)")

@@ -15,13 +15,25 @@ import json
 from collections import Counter
 from typing import NamedTuple, Optional
 
-from methods import DEFENDED_TEACHER, TEACHER
+from methods.base import Role
+from utils.base.provenance import git_commit
+from utils.training.tracking import read_metrics
+
+from .matrix import find_matrices, matrix_record, render_matrix
 from .pipeline import run_status
 from .runner import exit_text, read_attempts
-from utils.provenance import git_commit
-from utils.tracking import read_metrics
+from .tables import (
+    MISSING,
+    alone_stage,
+    cell,
+    fmt,
+    fmt_cell,
+    is_paper_student,
+    model_key,
+    model_label,
+    stats,
+)
 
-MISSING = "—"
 ACCURACY_NOTE = ("best test accuracy (%) over the epochs of each run, as the original reports it "
                  "(from the run's metrics.jsonl); with several seeds: mean ± sample std")
 
@@ -41,15 +53,6 @@ class Group(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- numbers
-
-def stats(values):
-    """{'mean', 'std' (sample; None for one value), 'n', 'values'}, or None without values."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    mean = sum(values) / len(values)
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
-    return {"mean": mean, "std": std, "n": len(values), "values": values}
 
 
 def run_record(run, outcome):
@@ -89,9 +92,8 @@ def collect(plan, outcomes):
             "model": stage.params.model_name, "dataset": stage.params.dataset,
             "num_epochs": stage.params.num_epochs, "needs": stage.parent,
             "checkpoint": None if stage.checkpoint is None else str(stage.checkpoint),
-            "temperature": stage.params.temperature, "runs": runs,
+            "temperature": stage.method.soft_temperature(stage.params), "runs": runs,
             "best_acc": stats([r["best_acc"] for r in runs]), "params": params}
-    from .matrix import find_matrices, matrix_record  # it builds on this module's helpers
     found = find_matrices(plan.stages)
     groups = [group_record(g, stages, plan) for g in find_groups(plan.stages) if g.columns or not found]
     matrices = [matrix_record(m, stages) for m in found]
@@ -109,29 +111,20 @@ def numerics_counts(stages):
 
 # ----------------------------------------------------------------------------- groups
 
-def model_key(stage):
-    name = stage.params.model_name
-    return name, tuple(sorted(stage.params.model_options(name).items())), stage.params.dataset
-
-
-def model_label(stage):
-    channels = stage.params.num_channels
-    return stage.params.model_name + (f" ({channels} ch.)" if channels else "")
-
 
 def find_groups(stages):
     """One group per (normal teacher, nasty teacher that uses it as adversary)."""
     groups = []
     for teacher in stages:
-        if teacher.method.role != TEACHER or not any(s.parent == teacher.name for s in stages):
+        if teacher.method.role != Role.TEACHER or not any(s.parent == teacher.name for s in stages):
             continue
         nasties = [s for s in stages
-                   if s.method.role == DEFENDED_TEACHER and s.parent == teacher.name] or [None]
+                   if s.method.role == Role.DEFENDED_TEACHER and s.parent == teacher.name] or [None]
         for nasty in nasties:
             groups.append(Group(teacher.name, nasty and nasty.name, teacher.params.model_name,
                                 student_columns(stages, teacher, nasty)))
     for nasty in stages:  # adversary trained elsewhere: the nasty half of the table only
-        if nasty.method.role == DEFENDED_TEACHER and nasty.parent is None:
+        if nasty.method.role == Role.DEFENDED_TEACHER and nasty.parent is None:
             frozen_model = getattr(nasty.params, nasty.method.frozen[0].model_key)
             groups.append(Group(None, nasty.name, frozen_model,
                                 student_columns(stages, None, nasty)))
@@ -146,42 +139,19 @@ def student_columns(stages, teacher, nasty):
         role = roles.get(student.parent) if is_paper_student(student) else None
         if role is None:
             continue
-        key = (model_key(student), student.params.temperature, student.params.alpha)
+        key = (model_key(student), student.method.setting_text(student.params))
         cells.setdefault(key, {}).setdefault(role, student.name)
         labels[key] = model_label(student)
     repeated = Counter(labels.values())
     columns = []
-    for key, cell in cells.items():
+    for key, roles_of in cells.items():
         label = labels[key]
-        if repeated[label] > 1:  # the same network distilled with two settings
-            label += f", T={key[1]:g}, alpha={key[2]:g}"
-        student = next(s for s in stages if s.name == (cell.get("normal") or cell.get("nasty")))
-        columns.append(Column(label, alone_stage(stages, student, teacher), cell.get("normal"),
-                              cell.get("nasty")))
+        if repeated[label] > 1 and key[1]:  # the same network distilled with two settings
+            label += f", {key[1]}"
+        student = next(s for s in stages if s.name == (roles_of.get("normal") or roles_of.get("nasty")))
+        columns.append(Column(label, alone_stage(stages, student, teacher), roles_of.get("normal"),
+                              roles_of.get("nasty")))
     return columns
-
-
-def is_paper_student(stage):
-    """A student of the paper's table: plain KD from the teacher's own logits (the other strategies
-    and defences go to the defence x strategy matrix, repro/matrix.py)."""
-    return stage.method.name == "kd" and (stage.params.teacher_output or "logits") == "logits"
-
-
-def alone_stage(stages, student, teacher):
-    """The scratch run of the student's network: the one in a folder of the student's folder name
-    (baseline/cnn for kd_normal_resnet18/cnn) first, then one that is not this group's teacher."""
-    same = [s for s in stages if s.method.role == TEACHER and model_key(s) == model_key(student)]
-    leaf = student.name.rsplit("/", 1)[-1]
-    same.sort(key=lambda s: (s.name.rsplit("/", 1)[-1] != leaf, teacher is not None and s is teacher))
-    return same[0].name if same else None
-
-
-def cell(stages, name, baseline=None):
-    """{'stage', 'acc', 'delta'}: a stage's accuracy and its difference to `baseline`'s."""
-    acc = stages[name]["best_acc"] if name else None
-    base = stages[baseline]["best_acc"] if baseline else None
-    delta = acc["mean"] - base["mean"] if acc and base else None
-    return {"stage": name, "acc": acc, "delta": delta}
 
 
 def group_record(group, stages, plan):
@@ -191,37 +161,39 @@ def group_record(group, stages, plan):
     return {"model": group.model, "teacher": cell(stages, group.teacher),
             "nasty": cell(stages, group.nasty, group.teacher), "students": students,
             "temperature": distillation_temperature(group, plan), "comparison": None,
-            "figures": []}
+            "defended_label": defended_label(group, plan), "figures": []}
+
+
+def defended_label(group, plan):
+    """How the defended teacher's method labels its row (the nasty teacher: 'nasty')."""
+    if not group.nasty:
+        return None
+    stage = plan.stage(group.nasty)
+    return stage.method.table_label(stage.params)
 
 
 def distillation_temperature(group, plan):
-    """The T the students distil at from the nasty teacher (else the nasty teacher's own T)."""
+    """The T the students distil at from the nasty teacher (else the nasty teacher's own T), as
+    their methods declare it."""
     for column in group.columns:
         for name in (column.nasty, column.normal):
             if name:
-                return plan.stage(name).params.temperature
-    return plan.stage(group.nasty).params.temperature if group.nasty else None
+                stage = plan.stage(name)
+                return stage.method.soft_temperature(stage.params)
+    if group.nasty:
+        stage = plan.stage(group.nasty)
+        return stage.method.soft_temperature(stage.params)
+    return None
 
 
 # ----------------------------------------------------------------------------- markdown
-
-def fmt(acc, expected=1):
-    """'98.61', '98.42 ± 0.32', with '(2 of 3 seeds)' when seeds are missing; '—' without runs."""
-    if not acc:
-        return MISSING
-    text = f"{acc['mean']:.2f}" + ("" if acc["std"] is None else f" ± {acc['std']:.2f}")
-    return text + (f" ({acc['n']} of {expected} seeds)" if acc["n"] < expected else "")
-
-
-def fmt_cell(entry, expected):
-    text = fmt(entry["acc"], expected)
-    return text if entry["delta"] is None else f"{text} ({entry['delta']:+.2f})"
 
 
 def render_group(group, seeds):
     expected = len(seeds or [None])
     teacher, nasty = group["teacher"], group["nasty"]
-    names = [f"normal `{teacher['stage'] or 'external'}`"] + ([f"nasty `{nasty['stage']}`"]
+    label = group.get("defended_label") or "defended"
+    names = [f"normal `{teacher['stage'] or 'external'}`"] + ([f"{label} `{nasty['stage']}`"]
                                                               if nasty["stage"] else [])
     students = group["students"]
     lines = [f"## Teacher {group['model']} ({', '.join(names)})", "",
@@ -232,7 +204,7 @@ def render_group(group, seeds):
              f"| {group['model']} (normal) | {fmt_cell(teacher, expected)} | "
              + " | ".join(fmt_cell(s["normal"], expected) for s in students) + " |"]
     if nasty["stage"]:
-        lines.append(f"| {group['model']} (nasty) | {fmt_cell(nasty, expected)} | "
+        lines.append(f"| {group['model']} ({label}) | {fmt_cell(nasty, expected)} | "
                      + " | ".join(fmt_cell(s["nasty"], expected) for s in students) + " |")
     lines.append("")
     lines += render_comparison(group, seeds)
@@ -332,7 +304,6 @@ def render(results):
              "network trained alone.", ""]
     for group in results["groups"]:
         lines += render_group(group, seeds)
-    from .matrix import render_matrix  # it builds on this module's helpers
     for record in results.get("matrices", []):
         lines += render_matrix(record, seeds)
     lines += render_numerics(results) + render_stages(results) + render_problems(results)

@@ -27,10 +27,11 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from typing import NamedTuple, Optional
 
-from utils.errors import ConfigError, Interrupted
-from utils.runtime import PARENT_ENV, Terminated
-from utils.tracking import read_jsonl
-from utils.checkpoint import load_checkpoint
+from utils.base.checkpoint import load_checkpoint
+from utils.base.errors import ConfigError, Interrupted
+from utils.training.cli import PARENT_ENV, Terminated
+from utils.training.tracking import read_jsonl
+
 from .pipeline import PROJECT_ROOT, changed_keys, run_status, write_run_config
 
 LOG_NAME = "reproduce.log"

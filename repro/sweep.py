@@ -17,9 +17,12 @@ import re
 from dataclasses import replace
 from typing import NamedTuple
 
-from utils.errors import ConfigError, did_you_mean
-from utils.params import all_keys, load_params
-from utils.provenance import git_commit
+from methods import load_params
+from methods.base import TABLE
+from utils.base.errors import ConfigError, did_you_mean
+from utils.base.provenance import git_commit
+from utils.training.params import all_keys
+
 from .pipeline import Plan, key_applies, seed_runs
 from .report import collect, fmt, numerics_counts, render_group, render_numerics
 
@@ -65,8 +68,8 @@ def affected_stages(plan, key):
 
 
 def check_sweep(plan, key, values, overrides):
-    if key not in all_keys():
-        raise ConfigError(f"--sweep {key}: unknown key{did_you_mean(key, all_keys())}")
+    if key not in all_keys(TABLE):
+        raise ConfigError(f"--sweep {key}: unknown key{did_you_mean(key, all_keys(TABLE))}")
     if key == "seed":
         raise ConfigError("--sweep seed: use --seeds, which also gives mean and std")
     if key in (overrides or {}):

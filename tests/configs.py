@@ -12,7 +12,7 @@ import json
 
 from repro.progress import Progress
 from repro.runner import Outcome
-from utils.checkpoint import save_checkpoint
+from utils.base.checkpoint import save_checkpoint
 
 TINY = {"model_name": "net", "num_channels": 4, "dropout_rate": 0.0, "learning_rate": 1e-3,
         "schedule": [999], "gamma": 0.1, "batch_size": 128, "num_epochs": 1, "num_workers": 0,

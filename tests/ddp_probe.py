@@ -14,8 +14,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.engine import fit, prepare  # noqa: E402
-from utils.runtime import run_script, script_parser  # noqa: E402
+import methods  # noqa: E402
+from utils.training.cli import run_script, script_parser  # noqa: E402
+from utils.training.engine import fit, prepare  # noqa: E402
 
 
 def flat_state(model):
@@ -28,7 +29,7 @@ def flat_grads(model):
 
 def main(argv=None):
     args = script_parser(__doc__).parse_args(argv)
-    run = prepare(args, script="scratch")
+    run = prepare(args, methods.TABLE, "scratch")
     steps, grads, step = [], [], run.optimizer.step
 
     def recording_step(*a, **k):

@@ -4,7 +4,7 @@ and loc act when and where they say, and reproduce.py fills the defence x strate
 runs' own numbers.
 
 Everything goes through what a real run uses: the configs are read by the schema, the objective
-is built by the method table in utils.engine.prepare, and the runs are the real scripts (in this
+is built by the method table in utils.training.engine.prepare, and the runs are the real scripts (in this
 process, or as reproduce.py's subprocesses).
 """
 import json
@@ -12,18 +12,26 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from configs import KD, NASTY, TINY, write_config
 
+import methods
+import methods.kd
+import methods.skeptical
 import nets
 import reproduce
 import train_kd
 import train_scratch
-import utils.losses
-from configs import KD, NASTY, TINY, write_config
-from methods import Objective, Step
-from utils.checkpoint import load_checkpoint
-from utils.engine import prepare
-from utils.losses import defended_logits
-from utils.tracking import read_metrics
+from methods.base import Objective, defended_logits
+from utils.base.checkpoint import load_checkpoint
+from utils.training.engine import prepare
+from utils.training.step import Step
+from utils.training.tracking import read_metrics
+
+
+def defended(logits, teacher_output, sparse_ratio=1.0):
+    """The defence table's answer for these two keys (what a run with them hands out)."""
+    return defended_logits(logits, SimpleNamespace(teacher_output=teacher_output,
+                                                   sparse_ratio=sparse_ratio))
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +56,7 @@ def _teacher_logits(teacher, images):
 
 # ----------------------------------------------------------------------------- defences
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method,output,ratio", [
     ("kd", "logits", 1.0), ("kd", "sparse", 0.3), ("kd", "reverse", 1.0),
     ("skeptical", "sparse", 0.2), ("skeptical", "reverse", 1.0)])
@@ -56,7 +65,7 @@ def test_the_student_distils_from_the_defended_logits(tmp_path, teacher, monkeyp
     """A real train_kd.py run: every soft target the student's KL term receives is the teacher's
     logits on that batch, as the defence hands them out."""
     seen_images, targets = [], []
-    real_soft_kl = utils.losses.soft_kl
+    real_soft_kl = methods.kd.soft_kl
 
     def spy(target_logits, logits, T):
         targets.append(target_logits.detach().clone())
@@ -65,7 +74,8 @@ def test_the_student_distils_from_the_defended_logits(tmp_path, teacher, monkeyp
     def objective_called(module, args):
         if isinstance(module, Objective):
             seen_images.append(args[1].detach().clone())
-    monkeypatch.setattr(utils.losses, "soft_kl", spy)
+    monkeypatch.setattr(methods.kd, "soft_kl", spy)  # kd's loss and skeptical's read it by name
+    monkeypatch.setattr(methods.skeptical, "soft_kl", spy)
     hook = torch.nn.modules.module.register_module_forward_pre_hook(objective_called)
     try:
         folder = _student(tmp_path / "student", teacher, method=method, teacher_output=output,
@@ -77,7 +87,7 @@ def test_the_student_distils_from_the_defended_logits(tmp_path, teacher, monkeyp
     assert len(seen_images) == len(targets) == steps
     for images, target in zip(seen_images, targets):
         raw = _teacher_logits(teacher, images)
-        torch.testing.assert_close(target, defended_logits(raw, output, ratio), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(target, defended(raw, output, ratio), rtol=1e-5, atol=1e-5)
         assert torch.equal(target.argmax(1), raw.argmax(1))  # every defence keeps the argmax
         if output == "sparse":  # int(ratio * 10) logits kept, the rest -inf
             assert (torch.isfinite(target).sum(1) == int(ratio * 10)).all()
@@ -95,7 +105,7 @@ def _args(folder):
 def _gradients(folder, epoch):
     """Gradients of the objective's total loss on the first training batch, by module (the network's
     own, 'heads.0', 'heads.1'), for a run prepared as train_kd.py prepares it."""
-    run = prepare(_args(folder), "kd")
+    run = prepare(_args(folder), methods.TABLE, "kd")
     run.train_model.train()
     run.objective.train()
     run.train_loader.set_epoch(0)
@@ -117,6 +127,7 @@ TEACHER_REACHES = {0: set(NETWORK), 1: {"conv1", "bn1", "conv2", "bn2", "heads.1
                    2: {"conv1", "bn1", "heads.0"}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loc", [0, 1, 2])
 def test_the_teacher_term_reaches_the_head_loc_names_and_no_other(tmp_path, teacher, loc):
     """Two students that differ only in their teacher's outputs (its logits, or reversed): the
@@ -134,6 +145,7 @@ def test_the_teacher_term_reaches_the_head_loc_names_and_no_other(tmp_path, teac
         assert all(torch.equal(a, b) for a, b in zip(grads, delayed["reverse"][module])), module
 
 
+@pytest.mark.slow
 def test_kd_delay_and_loc_in_a_real_runs_logged_terms(tmp_path, teacher):
     """kd_delay 1: the first two epochs (0-based 0 and 1) train on cross-entropy alone, the third
     adds the teacher term; loc 1 distils into the deepest auxiliary head, whose CE is ce_aux."""

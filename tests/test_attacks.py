@@ -2,22 +2,32 @@
 hand-computed values, and their runs through train_kd.py."""
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from configs import TINY, write_config
 
 import methods
 import nets
 import train_kd
 import train_scratch
-from configs import TINY, write_config
-from methods.skeptical import Head, Tap, generic_taps, taps_for
-from utils.checkpoint import load_checkpoint
-from utils.errors import ConfigError
-from utils.losses import (defended_logits, hard_label_loss, kd_loss, reverse_logits, skeptical_loss,
-                          sparse_logits)
-from utils.params import params_from_dict
-from utils.tracking import read_metrics
+from methods import params_from_dict
+from methods.base import defended_logits
+from methods.hard_label import hard_label_loss
+from methods.kd import kd_loss
+from methods.reverse import reverse_logits
+from methods.skeptical import Head, Tap, generic_taps, skeptical_loss, taps_for
+from methods.stingy import sparse_logits
+from utils.base.checkpoint import load_checkpoint
+from utils.base.errors import ConfigError
+from utils.training.tracking import read_metrics
+
+
+def defended(logits, teacher_output, sparse_ratio=1.0):
+    """The defence table's answer for these two keys (what a run with them hands out)."""
+    return defended_logits(logits, SimpleNamespace(teacher_output=teacher_output,
+                                                   sparse_ratio=sparse_ratio))
 
 STUDENT = {**TINY, "teacher_model": "net", "teacher_resume": "t.tar", "temperature": 4, "alpha": 0.9}
 
@@ -34,9 +44,9 @@ def test_sparse_keeps_the_top_k_and_drops_the_rest():
     inf = float("-inf")
     assert sparse_logits(logits, 2).tolist() == [[3.0, inf, 2.0, inf], [inf, 5.0, inf, 4.0]]
     # int(0.5 * 4) = 2 logits; int(0.3 * 4) = 1
-    assert torch.equal(defended_logits(logits, "sparse", 0.5), sparse_logits(logits, 2))
-    assert defended_logits(logits, "sparse", 0.3).tolist() == [[3.0, inf, inf, inf], [inf, 5.0, inf, inf]]
-    assert defended_logits(logits, "logits") is logits
+    assert torch.equal(defended(logits, "sparse", 0.5), sparse_logits(logits, 2))
+    assert defended(logits, "sparse", 0.3).tolist() == [[3.0, inf, inf, inf], [inf, 5.0, inf, inf]]
+    assert defended(logits, "logits") is logits
 
 
 def test_reverse_keeps_the_top_class_and_reverses_the_other_ranks():
@@ -51,7 +61,7 @@ def test_reverse_keeps_the_top_class_and_reverses_the_other_ranks():
 def test_kd_against_a_stingy_teacher_by_hand():
     student, teacher = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[2.0, 1.0, -3.0]])
     T = 2.0
-    terms = kd_loss(student, defended_logits(teacher, "sparse", 0.67), torch.tensor([0]), T, 0.9)
+    terms = kd_loss(student, defended(teacher, "sparse", 0.67), torch.tensor([0]), T, 0.9)
     p = _softmax([2.0, 1.0], T) + [0.0]  # the third logit is gone: probability exactly 0
     q = _softmax([1.0, 0.0, 0.0], T)
     kl = sum(pi * math.log(pi / qi) for pi, qi in zip(p, q) if pi > 0) * T * T
@@ -83,7 +93,7 @@ def test_hard_label_loss_uses_the_teachers_argmax():
 
 
 def test_hard_label_keys_have_no_temperature_or_alpha():
-    keys = {key.name for key in methods.get_method("hard_label").keys}
+    keys = {key.name for key in methods.base.get_method("hard_label").all_keys}
     assert {"teacher_model", "teacher_resume", "teacher_output"} <= keys
     assert not keys & {"temperature", "alpha"}
     config = {k: v for k, v in STUDENT.items() if k not in ("temperature", "alpha")}
@@ -202,6 +212,7 @@ def _student(tmp_path, teacher, **values):
     return folder
 
 
+@pytest.mark.slow
 def test_students_of_every_strategy_train_and_log_their_terms(tmp_path, teacher):
     expected = {"kd": ["train_ce", "train_kl", "train_loss"],
                 "hard_label": ["train_ce", "train_hard", "train_loss"],
@@ -249,6 +260,7 @@ ATTACK_ACCURACY = {"z_base/teacher": 95.0, "z_base/student": 90.0, "b_nasty/teac
 
 def test_the_matrix_has_a_row_per_defence_and_a_column_per_strategy(tmp_path):
     from configs import FakeRunner, quiet
+
     from repro.pipeline import make_plan
     from repro.report import collect, render
     from repro.runner import execute
@@ -272,6 +284,7 @@ def test_the_matrix_has_a_row_per_defence_and_a_column_per_strategy(tmp_path):
 def test_the_heat_map_is_drawn(tmp_path):
     from configs import FakeRunner, quiet
     from PIL import Image
+
     from repro import figures
     from repro.pipeline import make_plan
     from repro.report import collect, render

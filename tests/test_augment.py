@@ -6,7 +6,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from utils.augment import CropFlip, NoAugmentation, RotateFlip, crop_flip, rotate_flip
+from utils.data.augment import CropFlip, NoAugmentation, RotateFlip, crop_flip, rotate_flip
 
 
 def _images(n, size=32, seed=0):

@@ -7,15 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import configs
 import pytest
 import torch
-
-import configs
-import nets
 from configs import TINY8, write_config
 from conftest import ROOT
-from datagen import make_cifar
-from utils.checkpoint import save_checkpoint
+
+import nets
+from utils.base.checkpoint import save_checkpoint
+from utils.data.fixtures import make_cifar
 
 GOOD = TINY8  # 8 channels, as the teacher checkpoints built below
 KD = {**GOOD, **configs.KD}
@@ -118,6 +118,7 @@ CASE_IDS = [case[0] for case in _cases({k: Path("x") for k in ("root", "teacher"
                                                                 "cifar", "corrupt")})]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(CASE_IDS)), ids=CASE_IDS)
 def test_bad_input_gives_one_line_and_touches_nothing(tmp_path, files, index):
     name, script, params, extra, code, text = _cases(files)[index]

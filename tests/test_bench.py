@@ -3,8 +3,8 @@ import re
 import subprocess
 import sys
 
+import pytest
 import torch
-
 from conftest import ROOT
 
 
@@ -15,6 +15,7 @@ def _bench(script, *args):
     return result.stdout.splitlines()
 
 
+@pytest.mark.slow
 def test_throughput_compares_three_pipelines():
     lines = _bench("throughput.py", "--model", "net", "--mode", "kd", "--images", "200",
                    "--repeats", "1", "--warmup", "0", "--workers", "0")
@@ -24,6 +25,7 @@ def test_throughput_compares_three_pipelines():
     assert lines[0].startswith("kd net -> net, cpu, batch 128, 200 images")
 
 
+@pytest.mark.slow
 def test_loader_throughput_lists_each_worker_count_and_ours():
     lines = _bench("loader_throughput.py", "--images", "300", "--repeats", "1", "--workers", "0", "1")
     names = [line.rsplit(None, 2)[0] for line in lines[2:]]
@@ -47,6 +49,7 @@ def test_jobs_bench_copies_the_tracked_configs_and_compares_weights(tmp_path, ca
     assert "| 2 | 1 | 0.8 min (50 s) | 2.00x | 1x1 |" in out and "| 1 | 2 | 1.3 min (80 s) | 1.25x | — |" in out
 
 
+@pytest.mark.slow
 def test_step_profile_gives_the_fixed_batch_rate_and_the_top_operators():
     lines = _bench("step_profile.py", "--model", "net", "--steps", "2", "--warmup", "1", "--top", "3")
     assert lines[0].startswith(f"numerics: torch {torch.__version__}, cpu ") and "net, batch 128" in lines[0]
@@ -56,6 +59,7 @@ def test_step_profile_gives_the_fixed_batch_rate_and_the_top_operators():
     assert len(shares) == 3 and shares == sorted(shares, reverse=True) and sum(shares) <= 100.0
 
 
+@pytest.mark.slow
 def test_gpu_check_without_cuda_says_so_in_one_line_and_names_the_dry_run(tmp_path):
     if torch.cuda.is_available():
         return  # the check itself runs there (bench/gpu_check.py --out DIR)

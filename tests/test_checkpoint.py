@@ -7,12 +7,12 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES
 
 import nets
-from conftest import FIXTURES
-from utils import checkpoint as ckpt
-from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from utils.errors import CheckpointError
+from utils.base import checkpoint as ckpt
+from utils.base.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from utils.base.errors import CheckpointError
 
 ORIGINAL = FIXTURES / "original_checkpoints"
 EXPECTED = json.loads((ORIGINAL / "expected.json").read_text())

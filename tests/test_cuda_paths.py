@@ -16,22 +16,22 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from configs import TINY, write_config
 
 import methods
 import nets
 import reproduce
 import train_scratch
-from configs import TINY, write_config
-from methods import TEACHER, Method, Objective, register
+from methods.base import Method, Objective, Role, register
 from repro.runner import SubprocessRunner, visible_gpus
-from utils import distributed, engine
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.distributed import SINGLE, World
-from utils.errors import ConfigError, Diverged
-from utils.evaluation import evaluate
-from utils.runtime import script_parser, stop_requested
-from utils.speed import maybe_compile
-from utils.tracking import read_metrics
+from utils.base.checkpoint import load_checkpoint, save_checkpoint
+from utils.base.errors import ConfigError, Diverged
+from utils.base.world import SINGLE, World
+from utils.training import distributed, engine
+from utils.training.cli import script_parser, stop_requested
+from utils.training.evaluation import evaluate
+from utils.training.speed import maybe_compile
+from utils.training.tracking import read_metrics
 
 META = torch.device("meta")  # a device that is not the CPU, to tell the run's device from the CPU
 STEPS = math.ceil(1438 / TINY["batch_size"])  # training steps of one TINY epoch on digits
@@ -169,8 +169,8 @@ class PoisonedObjective(Objective):
 
 
 def _test_method(name, build, terms=()):
-    if name not in methods.method_names():
-        register(Method(name=name, script="scratch", role=TEACHER, build=build,
+    if name not in methods.base.method_names():
+        register(Method(name=name, script="scratch", role=Role.TEACHER, build=build,
                         summary="test only (tests/test_cuda_paths.py)", terms=terms))
 
 
@@ -219,7 +219,7 @@ class ConvHeadObjective(Objective):
 
 def _prepare(folder, script):
     args = script_parser("test\n\nonly").parse_args(["--save_path", str(folder), "--device", "cpu"])
-    return engine.prepare(args, script)
+    return engine.prepare(args, methods.TABLE, script)
 
 
 def _skeptical_student(tmp_path):
@@ -237,7 +237,7 @@ def _norm_types(module):
 def test_sync_bn_converts_the_skeptical_heads_too(tmp_path, monkeypatch):
     # a 2-process run on CUDA, as far as a CPU can stand in: no process group, no DDP, and
     # SyncBatchNorm's CUDA check answered yes (its conversion replaces modules on any device)
-    monkeypatch.setattr(distributed, "launched_world", lambda environ=None: World(0, 2, 0))
+    monkeypatch.setattr(engine, "launched_world", lambda environ=None: World(0, 2, 0))
     monkeypatch.setattr(distributed, "start", lambda world, device: None)
     monkeypatch.setattr(distributed, "wrap", lambda model, world, device: model)
     monkeypatch.setattr(distributed, "sync_bn_applies",

@@ -7,17 +7,30 @@ import math
 
 import pytest
 import torch
+
+import methods
 import torch.nn as nn
+from configs import KD, TINY, write_config
 
 import train_kd
 import train_scratch
-import utils.data
-from configs import KD, TINY, write_config
-from utils.data import DATASETS, build_loaders
-from utils.errors import ConfigError
-from utils.params import describe, params_from_dict
-from utils.synthesis import (CACHE_NAME, BatchNormInputs, Recipe, bn_statistic_loss, l2_prior,
-                             pixel_bounds, synthesize_batch, synthetic_set, tv_priors)
+import utils.data.digits
+from methods import params_from_dict
+from methods.deepinversion import (
+    CACHE_NAME,
+    BatchNormInputs,
+    Recipe,
+    bn_statistic_loss,
+    l2_prior,
+    pixel_bounds,
+    synthesize_batch,
+    synthetic_set,
+    tv_priors,
+)
+from utils.base.errors import ConfigError
+from utils.data.loader import build_loaders
+from utils.data.registry import DATASETS
+from utils.training.params import describe
 
 DIGITS = DATASETS["digits"]
 LOG = logging.getLogger("test_datafree")
@@ -71,7 +84,7 @@ def teacher():
     torch.manual_seed(0)
     params = params_from_dict({**TINY, "data_dir": "unused"})
     _, test = build_loaders(params, "cpu", 359)
-    from utils.networks import build_network, freeze
+    from utils.training.networks import build_network, freeze
     network = build_network(params, "net")
     network.train()
     with torch.no_grad():
@@ -136,18 +149,19 @@ def test_keys_defaults_and_their_mistakes():
     assert "synthesis_lr = -1 must be > 0" in message and "\n" not in message
     with pytest.raises(ConfigError, match="synthesis_images = 100 is smaller than batch_size = 128"):
         params_from_dict({**config, "synthesis_images": 100}, "kd")
-    assert "synthesis_bn_weight" in describe("deepinversion")
+    assert "synthesis_bn_weight" in describe(methods.TABLE, "deepinversion")
 
 
+@pytest.mark.slow
 def test_student_distilled_from_synthetic_digits_alone_is_well_above_chance(tmp_path, monkeypatch):
     teacher = write_config(tmp_path / "teacher", num_epochs=8)
     train_scratch.main(["--save_path", str(teacher), "--device", "cpu"])
-    read = utils.data.read_digits
+    read = utils.data.digits.read_digits
 
     def test_split_only(train):
         assert not train, "a data-free run read the real training split"
         return read(train)
-    monkeypatch.setattr(utils.data, "read_digits", test_split_only)
+    monkeypatch.setattr(utils.data.digits, "read_digits", test_split_only)
     student = write_config(tmp_path / "student", num_epochs=40, batch_size=64, method="deepinversion",
                            **KD, teacher_resume=str(teacher / "best_model.tar"),
                            synthesis_images=256, synthesis_batch=128, synthesis_iterations=100,
@@ -172,7 +186,9 @@ def test_the_synthetic_figure_shows_each_teachers_set(teacher, tmp_path):
                                  "runs": [{"finished": True, "folder": str(run), "seed": 0}]},
         # a stage whose runs hold no synthetic set draws nothing
         "normal/kd": {"method": "kd", "runs": [{"finished": True, "folder": str(tmp_path), "seed": 0}]}}}
-    plan = SimpleNamespace(root=tmp_path, stage=lambda name: SimpleNamespace(parent="baseline/teacher"))
+    method = {name: methods.base.get_method(name) for name in ("deepinversion", "kd")}
+    plan = SimpleNamespace(root=tmp_path, stage=lambda name: SimpleNamespace(
+        parent="baseline/teacher", method=method[name.rsplit("/", 1)[-1]]))
     assert [title for title, _, _ in figures.synthetic_sets(plan, results)] == \
         ["normal/deepinversion: from baseline/teacher"]
     figures.add_synthetic_figure(plan, results, figures.pyplot())

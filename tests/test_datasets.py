@@ -9,26 +9,22 @@ import pickle
 import shlex
 import shutil
 
-import datagen
 import numpy as np
 import pytest
 import torch
 import torchvision
-from datagen import make_cifar, make_tiny_imagenet, tiny_wnids
 from PIL import Image
 
-from utils import checkpoint as checkpoint_module
-from utils import datasets
-from utils.data import DATASETS, channel_stats
-from utils.datasets import (
-    digits_split_indices,
-    read_cifar,
-    read_digits,
-    read_tiny_imagenet,
-    tiny_classes,
-    tiny_files,
-)
-from utils.errors import CheckpointError, DataError
+import utils.data.fixtures as datagen
+from utils.data import cifar, tiny_imagenet
+from utils.base import checkpoint as checkpoint_module
+from utils.base.errors import CheckpointError, DataError
+from utils.data.cifar import read_cifar
+from utils.data.digits import digits_split_indices, read_digits
+from utils.data.fixtures import make_cifar, make_tiny_imagenet, tiny_wnids
+from utils.data.loader import channel_stats
+from utils.data.registry import DATASETS
+from utils.data.tiny_imagenet import read_tiny_imagenet, tiny_classes, tiny_files
 
 CIFAR_URLS = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
               "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"}
@@ -40,7 +36,7 @@ def no_download(monkeypatch):
     """A test that reaches the CIFAR download fails instead of going to the network."""
     def refuse(spec, root):
         pytest.fail(f"unexpected download of {spec.title} into {root}")
-    monkeypatch.setattr(datasets, "_download_cifar", refuse)
+    monkeypatch.setattr(cifar, "_download_cifar", refuse)
 
 
 def assert_one_line_error(excinfo, *names):
@@ -102,7 +98,7 @@ def test_cifar_equals_torchvision_on_the_same_files(tmp_path, monkeypatch, cifar
 def test_cifar_original_layout_wins_over_torchvision_layout(tmp_path):
     original = make_cifar(tmp_path, "cifar10", 10, 5, seed=3, layout="original")
     make_cifar(tmp_path, "cifar10", 10, 5, seed=4, layout="torchvision")
-    assert datasets.cifar_folder(tmp_path, "cifar10") == original.folder
+    assert cifar.cifar_folder(tmp_path, "cifar10") == original.folder
     assert np.array_equal(read_cifar(tmp_path, "cifar10", False).images.numpy(),
                           original.test.images)
 
@@ -110,7 +106,7 @@ def test_cifar_original_layout_wins_over_torchvision_layout(tmp_path):
 def test_cifar_missing_names_the_file_the_url_and_the_download_failure(tmp_path, monkeypatch,
                                                                        cifar_name):
     calls = []
-    monkeypatch.setattr(datasets, "_download_cifar",
+    monkeypatch.setattr(cifar, "_download_cifar",
                         lambda spec, root: calls.append(root) or "URLError: no network here")
     with pytest.raises(DataError) as excinfo:
         read_cifar(tmp_path, cifar_name, train=True)
@@ -136,7 +132,7 @@ def test_cifar_successful_download_is_then_read(tmp_path, monkeypatch):
         written["data"] = make_cifar(root, "cifar10", 12, 4, layout="torchvision")
         # falls off the end: None is how _download_cifar reports success
 
-    monkeypatch.setattr(datasets, "_download_cifar", fake_download)
+    monkeypatch.setattr(cifar, "_download_cifar", fake_download)
     split = read_cifar(tmp_path, "cifar10", train=True)
     assert np.array_equal(split.images.numpy(), written["data"].train.images)
 
@@ -347,20 +343,20 @@ def _cache(tiny, train=True):
 @pytest.fixture
 def count_decodes(monkeypatch):
     calls = []
-    real = datasets._decode
+    real = tiny_imagenet._decode
 
     def counting(path):
         calls.append(path)
         return real(path)
 
-    monkeypatch.setattr(datasets, "_decode", counting)
+    monkeypatch.setattr(tiny_imagenet, "_decode", counting)
     return calls
 
 
 def _refuse_decoding(monkeypatch):
     def refuse(path):
         raise AssertionError(f"decoded {path} although the cache is valid")
-    monkeypatch.setattr(datasets, "_decode", refuse)
+    monkeypatch.setattr(tiny_imagenet, "_decode", refuse)
 
 
 def test_tiny_cache_is_written_then_used(tmp_path, monkeypatch):

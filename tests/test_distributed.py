@@ -11,21 +11,29 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import nets
 from configs import KD, NASTY, TINY8, write_config
 from conftest import ROOT
-from utils.augment import CropFlip
-from utils.checkpoint import load_checkpoint, load_weights
-from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader, build_loaders
-from utils.datasets import Split
-from utils.distributed import (SINGLE, World, _attempt_store, _restart_warning, check_world_batch,
-                               convert_sync_bn, launched_world, shard_bounds, smallest_shard)
-from utils.engine import evaluate
-from utils.errors import ConfigError
-from utils.params import params_from_dict
-from utils.runtime import select_device
-from utils.tracking import read_metrics
+
+import nets
+from methods import params_from_dict
+from utils.base.checkpoint import load_checkpoint, load_weights
+from utils.base.errors import ConfigError
+from utils.base.world import (
+    SINGLE,
+    World,
+    check_world_batch,
+    launched_world,
+    shard_bounds,
+    smallest_shard,
+)
+from utils.data.augment import CropFlip
+from utils.data.cifar import CIFAR_MEAN, CIFAR_STD
+from utils.data.loader import DeviceLoader, build_loaders
+from utils.data.registry import Split
+from utils.training.device import select_device
+from utils.training.distributed import _attempt_store, _restart_warning, convert_sync_bn
+from utils.training.evaluation import evaluate
+from utils.training.tracking import read_metrics
 
 # two epochs in global batches of 100: 15 steps an epoch on the 1438 digits, 50 images a rank
 NET = {**TINY8, "batch_size": 100, "num_epochs": 2}
@@ -143,10 +151,12 @@ def test_sync_bn_is_refused_on_cpu_and_ignored_in_one_process():
 def _collective_worker(rank, port, folder):
     """One of two Gloo processes: rank 0 prepares first; ranks that resumed differently stop."""
     import torch.distributed as dist
-    from utils import distributed
+
+    from utils.base import world as world_module
+    from utils.training import distributed
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     world = World(rank, 2, rank)
-    with distributed.main_first(world):
+    with world_module.main_first(world):
         if rank == 0:
             time.sleep(0.5)  # rank 1 must wait for this, not race it
         with open(folder / "order", "a") as f:
@@ -164,6 +174,7 @@ def _collective_worker(rank, port, folder):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_rank0_prepares_first_and_ranks_must_resume_from_one_epoch(tmp_path):
     torch.multiprocessing.spawn(_collective_worker, args=(_free_port(), tmp_path), nprocs=2)
     assert (tmp_path / "order").read_text() == "0\n1\n"
@@ -176,7 +187,7 @@ def test_rank0_prepares_first_and_ranks_must_resume_from_one_epoch(tmp_path):
 
 
 def test_an_error_names_its_rank_under_torchrun(monkeypatch, capsys):
-    from utils.runtime import run_script
+    from utils.training.cli import run_script
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
 
@@ -254,6 +265,7 @@ def probes(tmp_path_factory):
     return runs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "net"])
 def test_both_ranks_hold_identical_weights_after_every_step(probes, name):
     model = nets.build_model(name, 10, **({"num_channels": 8, "dropout_rate": 0.0} if name == "net" else {}))
@@ -263,6 +275,7 @@ def test_both_ranks_hold_identical_weights_after_every_step(probes, name):
         assert torch.equal(a, b), f"step {step}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["mlp", "net"])
 def test_two_ranks_compute_the_global_batch_gradient_of_one_process(probes, name):
     """The first step, from the same initial weights: the gradient DDP averages over two ranks of
@@ -296,6 +309,7 @@ def chain(tmp_path_factory):
     return {"teacher": teacher, "nasty": nasty, "student": student, "logs": logs}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["teacher", "nasty", "student"])
 def test_two_ranks_train_every_stage_and_rank0_alone_writes(chain, stage):
     folder = chain[stage]
@@ -312,6 +326,7 @@ def test_two_ranks_train_every_stage_and_rank0_alone_writes(chain, stage):
     assert not any(k.startswith("module.") for k in state_dict)
 
 
+@pytest.mark.slow
 def test_sharded_evaluation_is_exact_accuracy_of_the_checkpoint(chain):
     """The all-reduced test accuracy of the 2-rank run equals a one-process evaluation of the
     checkpoint it saved (rank 0's batch-norm statistics are shared before evaluating)."""
@@ -325,6 +340,7 @@ def test_sharded_evaluation_is_exact_accuracy_of_the_checkpoint(chain):
     assert measured["loss"] == pytest.approx(recorded["test_loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
 def test_resume_across_world_sizes(tmp_path, first, second):
     folder = write_config(tmp_path / "run", NET, num_epochs=1)
@@ -350,6 +366,7 @@ def _rank_pid(folder, rank):
     return None
 
 
+@pytest.mark.slow
 def test_elastic_restart_after_a_killed_rank_finishes_with_the_uninterrupted_result(tmp_path):
     values = dict(NET, num_channels=16, batch_size=50, num_epochs=3)
     reference = write_config(tmp_path / "reference", values)
@@ -374,6 +391,7 @@ def test_elastic_restart_after_a_killed_rank_finishes_with_the_uninterrupted_res
     assert all(torch.equal(expected[k], final["state_dict"][k]) for k in expected)
 
 
+@pytest.mark.slow
 def test_two_nodes_meet_through_c10d_rendezvous(tmp_path):
     """Two launchers on one machine stand in for two nodes: the multi-node command, unchanged code."""
     folder = write_config(tmp_path / "run", NET, num_epochs=1)
@@ -387,6 +405,7 @@ def test_two_nodes_meet_through_c10d_rendezvous(tmp_path):
     assert load_checkpoint(folder / "last_model.tar")["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_data_free_student_under_torchrun_rank0_synthesises_the_others_wait(chain, tmp_path, monkeypatch):
     """Rank 1 waits for rank 0's synthetic set by polling the cache (no collective that could time
     out), and both ranks train on the set a single process makes."""

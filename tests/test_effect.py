@@ -15,9 +15,9 @@ import json
 import shutil
 
 import pytest
+from conftest import ROOT
 
 import reproduce
-from conftest import ROOT
 
 STAGES = {"teacher": "baseline/preresnet20", "alone": "baseline/cnn",
           "nasty": "kd_nasty_preresnet20/nasty_preresnet20",

@@ -6,16 +6,16 @@ import sys
 
 import pytest
 import torch
+from configs import write_config
+from conftest import ROOT
 
 import evaluate
 import nets
 import train_scratch
-from configs import write_config
-from conftest import ROOT
-from utils.checkpoint import save_checkpoint
-from utils.evaluation import classification_metrics, compare_outputs
-from utils.runtime import run_script
-from utils.tracking import read_metrics
+from utils.base.checkpoint import save_checkpoint
+from utils.training.cli import run_script
+from utils.training.evaluation import classification_metrics, compare_outputs
+from utils.training.tracking import read_metrics
 
 NET = ["--model", "net", "--dataset", "digits", "--set", "num_channels=4", "--set", "dropout_rate=0"]
 
@@ -99,6 +99,7 @@ def test_a_checkpoint_against_itself_has_kl_0_and_agrees_everywhere(run, capsys)
     assert named["against"]["mean_kl"] == 0.0 and named["against"]["temperature"] == 2.0
 
 
+@pytest.mark.slow
 def test_the_text_report_from_the_command_line(run):
     result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--save_path", str(run),
                              "--device", "cpu", "--against", str(run / "best_model.tar")],
@@ -146,6 +147,7 @@ def test_errors_are_one_line_with_an_exit_status(run, mlp_checkpoint, capsys, in
     assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], lines
 
 
+@pytest.mark.slow
 def test_an_error_from_the_command_line_has_no_traceback(run):
     result = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--checkpoint",
                              str(run / "best_model.tar"), "--model", "resnet19", "--dataset", "digits"],

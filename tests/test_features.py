@@ -8,7 +8,7 @@ import torch.nn as nn
 
 import nets
 import nets.features
-from utils.errors import ConfigError
+from utils.base.errors import ConfigError
 
 NET_OPTIONS = {"net": {"num_channels": 32, "dropout_rate": 0.0}}
 # batch 1 for the deepest networks keeps the file fast; eval mode does not need a batch of 2
@@ -75,6 +75,7 @@ def _cases():
             yield name, 64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,size", list(_cases()), ids=lambda v: str(v))
 def test_stage_outputs_of_every_network(name, size):
     torch.manual_seed(0)
@@ -120,6 +121,7 @@ def _shape(cell):
     return None if cell == "-" else tuple(int(v) for v in cell.split("x"))
 
 
+@pytest.mark.slow
 def test_documented_table_matches_every_network():
     table = _documented_table()
     assert sorted(table) == nets.model_names()

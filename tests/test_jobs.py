@@ -14,15 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from configs import FakeRunner, paper_tree, quiet, write_config
+from conftest import ROOT
 
 import reproduce
-from conftest import ROOT
-from configs import FakeRunner, paper_tree, quiet, write_config
 from repro.pipeline import make_plan
 from repro.progress import Progress
 from repro.runner import Outcome, SubprocessRunner, execute, gpu_groups
-from utils.checkpoint import load_checkpoint
-from utils.errors import ConfigError
+from utils.base.checkpoint import load_checkpoint
+from utils.base.errors import ConfigError
 
 
 class TimedRunner(FakeRunner):
@@ -154,6 +154,7 @@ def small_chain(tree):
     return tree
 
 
+@pytest.mark.slow
 def test_a_stage_gives_the_same_weights_whatever_the_number_of_jobs(tmp_path):
     one, two = small_chain(tmp_path / "one"), small_chain(tmp_path / "two")
     reproduce.main([str(one), "--device", "cpu", "--no-figures", "--jobs", "1"])
@@ -196,6 +197,7 @@ def epochs_written(folder):
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_sigterm_or_sigkill_of_reproduce_leaves_no_training_behind(tmp_path):
     tree = tmp_path / "tree"

@@ -7,12 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
-
 from configs import TINY8, write_config
 from conftest import ROOT
-from utils.checkpoint import load_checkpoint
-from utils.tracking import read_metrics
+
+from utils.base.checkpoint import load_checkpoint
+from utils.training.tracking import read_metrics
 
 # three epochs with the learning rate dropped after the first: the resumed runs must match it exactly
 PARAMS = {**TINY8, "schedule": [1], "num_epochs": 3}
@@ -43,6 +44,7 @@ def _wait_for(path, process, seconds=120):
     assert path.exists(), "the run wrote no checkpoint"
 
 
+@pytest.mark.slow
 def test_each_kill_leaves_whole_checkpoints_and_resumes_to_the_uninterrupted_result(tmp_path):
     reference = write_config(tmp_path / "reference", PARAMS)
     started = time.time()

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torchvision.transforms as T
 
-from utils.augment import CropFlip, NoAugmentation
-from utils.data import CIFAR_MEAN, CIFAR_STD, DeviceLoader, build_loaders, channel_stats
-from utils.datasets import Split
+from utils.data.augment import CropFlip, NoAugmentation
+from utils.data.cifar import CIFAR_MEAN, CIFAR_STD
+from utils.data.loader import DeviceLoader, build_loaders, channel_stats
+from utils.data.registry import Split
 
 
 def _indexed_split(n):

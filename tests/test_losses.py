@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from utils.losses import NASTY_LOSS_OFFSET, kd_loss, nasty_loss, soft_kl
+from methods.kd import kd_loss, soft_kl
+from methods.nasty import NASTY_LOSS_OFFSET, nasty_loss
 
 
 def _softmax(values, T):

@@ -5,18 +5,19 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from configs import KD, TINY, write_config
 
 import methods
 import train_kd
 import train_scratch
-from configs import KD, TINY, write_config
-from methods import STUDENT, TEACHER, Method, Objective, register
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.errors import ConfigError
-from utils.params import describe, params_from_dict
-from utils.provenance import cpu_model, fingerprint_text, numerics
-from utils.schema import FLOAT, INT, Key, bounds
-from utils.tracking import read_metrics
+from methods import params_from_dict
+from methods.base import TABLE, Method, Objective, Role, register
+from utils.base.checkpoint import load_checkpoint, save_checkpoint
+from utils.base.errors import ConfigError
+from utils.base.provenance import cpu_model, fingerprint_text, numerics
+from utils.base.schema import FLOAT, INT, Key, bounds
+from utils.training.params import describe
+from utils.training.tracking import read_metrics
 
 # batches of 256: ceil(1438 / 256) = 6 steps an epoch, counted by test_objective_is_told_epoch_and_step
 NET = {**TINY, "batch_size": 256}
@@ -41,13 +42,13 @@ class HeadObjective(Objective):
 
 
 def _toy_method():
-    if "toy_head" not in methods.method_names():
+    if "toy_head" not in methods.base.method_names():
         register(Method(
-            name="toy_head", script="scratch", role=TEACHER, build=lambda p, f: HeadObjective(p),
+            name="toy_head", script="scratch", role=Role.TEACHER, build=lambda p, f: HeadObjective(p),
             summary="test only: a head on the logits",
             keys=(Key("head_delay", INT, 1, "epochs before the head's loss counts", bounds(low=0)),),
             terms=("ce", "head")))
-    return methods.get_method("toy_head")
+    return methods.base.get_method("toy_head")
 
 
 def _train(folder, *extra):
@@ -57,11 +58,11 @@ def _train(folder, *extra):
 # ----------------------------------------------------------------------------- the table
 
 def test_the_original_three_are_entries_with_their_scripts_roles_and_terms():
-    table = {name: methods.get_method(name) for name in ("scratch", "nasty", "kd")}
+    table = {name: methods.base.get_method(name) for name in ("scratch", "nasty", "kd")}
     assert {n: (m.script_file, m.role, m.terms) for n, m in table.items()} == {
-        "scratch": ("train_scratch.py", TEACHER, ("ce",)),
-        "nasty": ("train_nasty.py", methods.DEFENDED_TEACHER, ("ce", "kl")),
-        "kd": ("train_kd.py", STUDENT, ("ce", "kl"))}
+        "scratch": ("train_scratch.py", Role.TEACHER, ("ce",)),
+        "nasty": ("train_nasty.py", Role.DEFENDED_TEACHER, ("ce", "kl")),
+        "kd": ("train_kd.py", Role.STUDENT, ("ce", "kl"))}
     assert [(f.role, f.model_key, f.resume_key) for f in table["kd"].frozen] == [
         ("teacher", "teacher_model", "teacher_resume")]
     assert [(f.role, f.resume_key) for f in table["nasty"].frozen] == [
@@ -97,25 +98,27 @@ def test_a_method_adds_its_keys_to_the_one_schema():
         params_from_dict({**NET, "method": "toy_head", "head_delay": -1})
     with pytest.raises(ConfigError, match=r"unknown key 'head_dely' \(did you mean 'head_delay'\?\)"):
         params_from_dict({**NET, "method": "toy_head", "head_dely": 2})
-    assert params_from_dict({**NET, "head_delay": 2}).head_delay == 2  # another method's key: kept
-    assert "head_delay" in describe("toy_head") and "head_delay" not in describe("scratch")
+    # another method's key: kept as given, not an attribute of the run
+    assert params_from_dict({**NET, "head_delay": 2}).as_dict()["head_delay"] == 2
+    assert "head_delay" in describe(TABLE, "toy_head") and "head_delay" not in describe(TABLE, "scratch")
 
 
 def test_registering_a_clashing_method_is_refused():
     with pytest.raises(ValueError, match="registered twice"):
-        register(methods.get_method("kd"))
+        register(methods.base.get_method("kd"))
     other_temperature = Key("temperature", FLOAT, 1.0, "another meaning")
     with pytest.raises(ValueError, match="share one Key row"):
-        register(Method(name="clash", script="kd", role=STUDENT, build=None, summary="",
+        register(Method(name="clash", script="kd", role=Role.STUDENT, build=None, summary="",
                         keys=(other_temperature,)))
     with pytest.raises(ValueError, match="reserved"):
-        register(Method(name="clash", script="kd", role=STUDENT, build=None, summary="",
+        register(Method(name="clash", script="kd", role=Role.STUDENT, build=None, summary="",
                         terms=("loss",)))
-    assert "clash" not in methods.method_names()
+    assert "clash" not in methods.base.method_names()
 
 
 # ----------------------------------------------------------------------------- runs of a method
 
+@pytest.mark.slow
 def test_named_terms_reach_the_log_metrics_and_tensorboard(tmp_path):
     _toy_method()
     run = write_config(tmp_path / "run", NET, method="toy_head", head_delay=1, num_epochs=2)
@@ -150,6 +153,7 @@ def test_objective_is_told_epoch_and_step(tmp_path):
     assert seen == [(e, s, steps) for e in range(2) for s in range(steps)]
 
 
+@pytest.mark.slow
 def test_heads_train_and_are_saved_apart_from_the_plain_network(tmp_path):
     _toy_method()
     run = write_config(tmp_path / "run", NET, method="toy_head", head_delay=0)
@@ -167,6 +171,7 @@ def test_heads_train_and_are_saved_apart_from_the_plain_network(tmp_path):
     assert "- Teacher Model Eval metrics : acc:" in (student / "training.log").read_text()
 
 
+@pytest.mark.slow
 def test_resume_with_heads_is_bitwise_the_uninterrupted_run(tmp_path):
     _toy_method()
     straight = write_config(tmp_path / "straight", NET, method="toy_head", head_delay=1, num_epochs=3)
@@ -240,6 +245,7 @@ def test_runs_record_the_numerics_fingerprint_in_checkpoints_metrics_and_log(tmp
     assert f"Numerics: {text}" in (run / "training.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_run_resumed_under_another_fingerprint_says_so(tmp_path):
     run = write_config(tmp_path / "run", NET)
     _train(run)

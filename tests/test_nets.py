@@ -3,11 +3,11 @@ import json
 
 import pytest
 import torch
-
-import nets
 from conftest import FIXTURES
 from recipe import recipe_input, recipe_state_dict
-from utils.errors import ConfigError
+
+import nets
+from utils.base.errors import ConfigError
 
 REFERENCE = json.loads((FIXTURES / "net_reference.json").read_text())
 CASES = REFERENCE["cases"]

@@ -6,8 +6,10 @@ import pytest
 
 import methods
 import nets  # noqa: F401  (registers every network name the checks look up)
-from utils.errors import ConfigError
-from utils.params import COMMON, DATASETS, all_keys, describe, load_params, params_from_dict
+from methods import load_params, params_from_dict
+from utils.base.errors import ConfigError
+from utils.data.registry import DATASETS
+from utils.training.params import COMMON, all_keys, describe
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 ALL_CONFIGS = sorted(EXPERIMENTS.rglob("params.json"))
@@ -120,8 +122,20 @@ def test_published_nasty_and_kd_exact_values():
 
 def test_a_kd_file_loads_as_scratch_keeping_the_other_keys_as_given():
     params = load_params(EXPERIMENTS / "CIFAR10/kd_normal_resnet18/preresnet20", "scratch")
-    assert params.teacher_model == "resnet18" and params.temperature == 4
-    assert "alpha" in params.as_dict()
+    given = params.as_dict()
+    assert given["teacher_model"] == "resnet18" and given["temperature"] == 4 and "alpha" in given
+    # ... but only the run's own keys are attributes: scratch reads no teacher
+    assert not hasattr(params, "teacher_model") and not hasattr(params, "sparse_ratio")
+
+
+def test_params_hold_the_methods_keys_with_defaults_and_no_other_methods_keys():
+    scratch = params_from_dict(SCRATCH, "scratch")
+    assert scratch.seed == 0 and scratch.num_channels is None  # common keys: default, or None
+    assert not any(hasattr(scratch, key) for key in ("temperature", "weight", "teacher_output"))
+    kd = params_from_dict({**SCRATCH, "teacher_model": "resnet18", "teacher_resume": "t.tar",
+                           "temperature": 4, "alpha": 0.9}, "kd")
+    assert (kd.teacher_output, kd.sparse_ratio) == ("logits", 1.0)  # the defence keys' defaults
+    assert not hasattr(kd, "weight") and not hasattr(kd, "synthesis_images")
 
 
 # ----------------------------------------------------------------------------- paths and JSON
@@ -194,8 +208,9 @@ def test_keys_of_other_modes_are_accepted_and_ignored(tmp_path):
     # unchecked: a scratch run must not fail on a teacher it never loads
     _write(tmp_path, SCRATCH, teacher_model="resnt18", alpha=7, weight="x")
     params = load_params(tmp_path, "scratch")
-    assert (params.teacher_model, params.alpha, params.weight) == ("resnt18", 7, "x")
-    assert params.adversarial_model is None
+    given = params.as_dict()
+    assert (given["teacher_model"], given["alpha"], given["weight"]) == ("resnt18", 7, "x")
+    assert not hasattr(params, "adversarial_model")
 
 
 def test_defaults_are_filled_in(tmp_path):
@@ -360,7 +375,7 @@ def test_unknown_dataset_suggests_the_close_one(tmp_path):
     _write(tmp_path, SCRATCH, dataset="cifar1000")
     message = _error(tmp_path, "scratch")
     assert "dataset = 'cifar1000' is not a known data set (did you mean 'cifar100'?)" in message
-    assert "valid: cifar10, cifar100, tiny_imagenet, digits" in message
+    assert "valid: cifar10, cifar100, digits, tiny_imagenet" in message
 
 
 def test_uppercase_dataset_suggests_the_lowercase_name(tmp_path):
@@ -434,13 +449,13 @@ def test_unknown_mode_is_a_programming_error(tmp_path):
 # ----------------------------------------------------------------------------- the schema
 
 def test_schema_rows_are_complete_and_unique():
-    names = [key.name for key in COMMON] + list(methods.method_keys())
+    names = [key.name for key in COMMON] + list(methods.base.method_keys())
     assert len(names) == len(set(names))
-    for key in all_keys().values():
+    for key in all_keys(methods.TABLE).values():
         assert key.why and key.kind
     # one row shared by every method with soft labels (registration order: the original's three,
     # then the other modules of methods/ alphabetically)
-    assert methods.method_keys()["temperature"][1] == ["nasty", "kd", "deepinversion", "skeptical"]
+    assert methods.base.method_keys()["temperature"][1] == ["nasty", "kd", "deepinversion", "skeptical"]
 
 
 def test_params_from_dict_and_describe():
@@ -448,4 +463,4 @@ def test_params_from_dict_and_describe():
     assert params.path is None and params.num_classes == 100
     with pytest.raises(ConfigError, match=r"^<params>: missing key 'gamma'"):
         params_from_dict({k: v for k, v in SCRATCH.items() if k != "gamma"}, "scratch")
-    assert "alpha" in describe("kd") and "alpha" not in describe("scratch")
+    assert "alpha" in describe(methods.TABLE, "kd") and "alpha" not in describe(methods.TABLE, "scratch")

@@ -84,7 +84,7 @@ STINGY_RATIO = {"cifar10": 0.2, "cifar100": 0.1}  # HowieMa/stingy-teacher's con
 def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
     import json
 
-    from utils.params import load_params
+    from methods import load_params
 
     follow_ups = sorted(p for p in EXPERIMENTS.rglob("params.json") if _is_follow_up(p))
     groups = {}
@@ -133,7 +133,7 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
 
 
 def test_digits_chain_is_complete_and_points_at_its_own_runs():
-    from utils.params import load_params
+    from methods import load_params
 
     digits = ROOT / "experiments" / "Digits"
     # seed_<s>/ and sweep_<key>/ folders are reproduce.py's generated runs, not configs

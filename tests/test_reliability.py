@@ -9,18 +9,20 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from configs import KD, TINY8, write_config
+from conftest import ROOT
 
+import methods
 import nets
 import train_kd
 import train_scratch
-from configs import KD, TINY8, write_config
-from conftest import ROOT
-from methods import Objective
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.engine import Diverged, fit, prepare
-from utils.losses import ce_loss
-from utils.runtime import RunLock
-from utils.tracking import read_metrics
+from methods.base import Objective
+from methods.scratch import ce_loss
+from utils.base.checkpoint import load_checkpoint, save_checkpoint
+from utils.base.errors import Diverged
+from utils.base.lock import RunLock
+from utils.training.engine import fit, prepare
+from utils.training.tracking import read_metrics
 
 
 def _snapshot(folder):
@@ -52,6 +54,7 @@ def _script(name, *args, **kwargs):
                           cwd=ROOT, timeout=300, **kwargs)
 
 
+@pytest.mark.slow
 def test_resume_auto_starts_fresh_then_continues(tmp_path):
     run = write_config(tmp_path / "run", TINY8)
     train_scratch.main(["--save_path", str(run), "--resume", "auto"])  # nothing to resume yet
@@ -61,6 +64,7 @@ def test_resume_auto_starts_fresh_then_continues(tmp_path):
     assert f"- Resumed from {run / 'last_model.tar'}" in (run / "training.log").read_text()
 
 
+@pytest.mark.slow
 def test_a_second_process_in_the_same_folder_is_refused(tmp_path):
     run = write_config(tmp_path / "run", TINY8)
     (run / "training.log").write_text("earlier run\n")
@@ -84,13 +88,14 @@ def _args(run, resume=None):
     return SimpleNamespace(save_path=str(run), data_dir=None, device="cpu", gpu_id=None, resume=resume)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(tmp_path):
     run = write_config(tmp_path / "run", TINY8, num_epochs=2)
-    first = prepare(_args(run), "scratch")
+    first = prepare(_args(run), methods.TABLE, "scratch")
     fit(first)
     before = _snapshot(run)
     write_config(run, TINY8, num_epochs=3)
-    broken = prepare(_args(run), "scratch")
+    broken = prepare(_args(run), methods.TABLE, "scratch")
 
     class NanAtThirdBatch(Objective):
         calls = 0
@@ -107,6 +112,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoints(tmp_path):
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_exploding_nasty_run_exits_1_with_one_line(tmp_path):
     teacher = write_config(tmp_path / "teacher", TINY8)
     train_scratch.main(["--save_path", str(teacher)])
@@ -135,6 +141,7 @@ def _stop_after_an_epoch(run, signum, status, words):
     return epoch
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_with_a_consistent_checkpoint_and_says_how_to_resume(tmp_path):
     run = write_config(tmp_path / "run", TINY8, num_epochs=200, batch_size=32)
     _stop_after_an_epoch(run, signal.SIGINT, 130, "interrupted")
@@ -153,7 +160,7 @@ def test_a_refused_kd_run_leaves_the_folder_untouched(tmp_path):
 def test_save_path_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
     import tempfile
 
-    from utils.errors import ConfigError
+    from utils.base.errors import ConfigError
     run = write_config(tmp_path / "run", TINY8)
 
     def read_only(*args, **kwargs):
@@ -164,6 +171,7 @@ def test_save_path_that_cannot_be_written_is_refused(tmp_path, monkeypatch):
     assert sorted(p.name for p in run.iterdir()) == ["params.json"]
 
 
+@pytest.mark.slow
 def test_save_path_that_is_not_a_folder_is_refused(tmp_path):
     result = _script("train_scratch.py", "--save_path", str(tmp_path / "nowhere"))
     assert result.returncode == 2
@@ -172,13 +180,12 @@ def test_save_path_that_is_not_a_folder_is_refused(tmp_path):
 
 
 def test_missing_checkpoints_are_reported_before_any_data_is_read(tmp_path, monkeypatch):
-    import utils.engine
-
-    from utils.errors import CheckpointError
+    import utils.training.engine
+    from utils.base.errors import CheckpointError
 
     def no_data(*args, **kwargs):
         raise AssertionError("data was read before the teacher checkpoint was checked")
-    monkeypatch.setattr(utils.engine, "build_loaders", no_data)
+    monkeypatch.setattr(utils.training.engine, "build_loaders", no_data)
     run = write_config(tmp_path / "student", TINY8, **KD,
                        teacher_resume=str(tmp_path / "missing.tar"))
     with pytest.raises(CheckpointError, match="missing.tar does not exist"):
@@ -188,6 +195,7 @@ def test_missing_checkpoints_are_reported_before_any_data_is_read(tmp_path, monk
         train_scratch.main(["--save_path", str(tmp_path / "alone"), "--resume", str(tmp_path / "nowhere.tar")])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_like_ctrl_c_with_status_143_and_the_run_resumes(tmp_path):
     run = write_config(tmp_path / "run", TINY8, num_epochs=200, batch_size=32)
     epoch = _stop_after_an_epoch(run, signal.SIGTERM, 143, "interrupted by SIGTERM")
@@ -201,24 +209,26 @@ def test_sigterm_stops_like_ctrl_c_with_status_143_and_the_run_resumes(tmp_path)
     assert [r["epoch"] for r in read_metrics(run / "metrics.jsonl")] == list(range(1, epoch + 2))
 
 
+@pytest.mark.slow
 def test_a_stop_just_after_last_model_tar_was_written_names_that_epoch(tmp_path, monkeypatch):
-    import utils.engine
-    from utils.errors import Interrupted
-    from utils.runtime import Terminated
+    import utils.training.engine
+    from utils.base.errors import Interrupted
+    from utils.training.cli import Terminated
     run = write_config(tmp_path / "run", TINY8, num_epochs=3)
-    real = utils.engine.save_checkpoint
+    real = utils.training.engine.save_checkpoint
 
     def save_then_stop(path, checkpoint):
         real(path, checkpoint)
         if path.name == "last_model.tar" and checkpoint["epoch"] == 2:
             raise Terminated()  # the signal came before the run counted the epoch as done
-    monkeypatch.setattr(utils.engine, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(utils.training.engine, "save_checkpoint", save_then_stop)
     with pytest.raises(Interrupted, match=f"interrupted by SIGTERM; .*last_model.tar holds epoch 2: "
                                           f"continue with --save_path {run}") as stopped:
-        fit(prepare(_args(run), "scratch"))
+        fit(prepare(_args(run), methods.TABLE, "scratch"))
     assert stopped.value.exit_code == 143
 
 
+@pytest.mark.slow
 def test_a_refused_resume_leaves_the_folder_as_it_was_lock_file_included(tmp_path):
     other = tmp_path / "mlp.tar"
     save_checkpoint(other, {"epoch": 1, "state_dict": nets.build_model("mlp", 10).state_dict()})
@@ -235,7 +245,7 @@ def test_a_refused_resume_leaves_the_folder_as_it_was_lock_file_included(tmp_pat
 
 
 def test_the_lock_file_stays_once_the_run_writes_and_a_stale_one_never_blocks(tmp_path):
-    from utils.errors import NastyError
+    from utils.base.errors import NastyError
     folder = tmp_path / "run"
     folder.mkdir()
     with RunLock(folder):
@@ -252,6 +262,7 @@ def test_the_lock_file_stays_once_the_run_writes_and_a_stale_one_never_blocks(tm
     assert (folder / ".lock").read_text() == "999999\n"
 
 
+@pytest.mark.slow
 def test_sigterm_under_torchrun_stops_every_rank_at_the_same_step(tmp_path):
     """SLURM sends SIGTERM to every process of the job: launcher and ranks alike."""
     run = write_config(tmp_path / "run", TINY8, num_epochs=200, batch_size=100)

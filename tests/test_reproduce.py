@@ -10,21 +10,28 @@ import subprocess
 import sys
 
 import pytest
-
-import methods
+from configs import KD, NASTY, FakeRunner, fake_train, paper_tree, quiet, write_config  # noqa: F401
+from configs import TINY as NET
+from conftest import ROOT
 from PIL import Image
 
+import methods
 import reproduce
-from conftest import ROOT
-from configs import KD, NASTY, TINY as NET, FakeRunner, fake_train, paper_tree, quiet, write_config  # noqa: F401
-from utils.checkpoint import save_checkpoint
-from utils.errors import ConfigError, NastyError
-from repro.pipeline import Status, find_config_folders, make_plan, run_config, run_status, write_run_config
+from repro.pipeline import (
+    Status,
+    find_config_folders,
+    make_plan,
+    run_config,
+    run_status,
+    write_run_config,
+)
 from repro.progress import Progress
 from repro.report import render_numerics
 from repro.runner import Outcome, execute
-from utils.provenance import fingerprint_text, numerics
-from utils.tracking import read_metrics
+from utils.base.checkpoint import save_checkpoint
+from utils.base.errors import ConfigError, NastyError
+from utils.base.provenance import fingerprint_text, numerics
+from utils.training.tracking import read_metrics
 
 ACCURACY = {"z_base/teacher": 95.0, "z_base/student": 90.0, "b_nasty/teacher": 94.0,
             "a_kd_normal/student": 91.0, "a_kd_nasty/student": 80.0}
@@ -95,6 +102,7 @@ def test_a_cycle_is_one_line(tmp_path):
         make_plan(tree)
 
 
+@pytest.mark.slow
 def test_bad_config_and_empty_folder_stop_the_plan_with_one_line(tmp_path):
     write_config(tmp_path / "tree" / "t", num_epochs=0)
     result = subprocess.run([sys.executable, str(ROOT / "reproduce.py"), str(tmp_path / "tree")],
@@ -240,7 +248,7 @@ def test_progress_shows_position_stage_and_epoch():
     import io
     stream = io.StringIO()
     plan_run = type("R", (), {"label": "base/t [seed 1]", "folder": ROOT, "key": ("base/t", 1),
-                              "stage": type("S", (), {"method": methods.get_method("scratch"),
+                              "stage": type("S", (), {"method": methods.base.get_method("scratch"),
                                                       "params": type("P", (), {"model_name": "net"})})})
     progress = Progress(stream=stream, live=True)
     progress.begin(5)
@@ -280,6 +288,7 @@ def best(tree, stage):
     return read_metrics(tree / stage / "metrics.jsonl")[-1]["best_acc"]
 
 
+@pytest.mark.slow
 def test_tiny_chain_table_holds_the_runs_own_numbers(digits_chain, capsys):
     tree = digits_chain
     acc = {stage: best(tree, stage) for stage in ACCURACY}
@@ -305,6 +314,7 @@ def test_tiny_chain_table_holds_the_runs_own_numbers(digits_chain, capsys):
         assert run["log"].endswith("reproduce.log")
 
 
+@pytest.mark.slow
 def test_tiny_chain_says_under_which_numerics_its_numbers_hold(digits_chain):
     facts = {**numerics("cpu"), "threads": 1}  # reproduce.py gives every stage 1 thread
     text = fingerprint_text(facts)
@@ -347,6 +357,7 @@ def test_tiny_chain_figures_are_real_images(digits_chain):
         assert f"![{name[:-4]}]({name})" in (digits_chain / "results.md").read_text()
 
 
+@pytest.mark.slow
 def test_second_run_skips_everything_and_keeps_the_numbers(digits_chain, capsys):
     before = (digits_chain / "results.json").read_text()
     attempts = (digits_chain / "z_base" / "teacher" / "reproduce.jsonl").read_text()
@@ -361,6 +372,7 @@ def test_second_run_skips_everything_and_keeps_the_numbers(digits_chain, capsys)
         assert stage["best_acc"] == old["stages"][name]["best_acc"]
 
 
+@pytest.mark.slow
 def test_an_unfinished_run_resumes(digits_chain, tmp_path):
     tree = tmp_path / "tree"
     shutil.copytree(digits_chain / "z_base" / "student", tree / "student")
@@ -372,6 +384,7 @@ def test_an_unfinished_run_resumes(digits_chain, tmp_path):
     assert "--resume auto" in log
 
 
+@pytest.mark.slow
 def test_nproc_trains_each_stage_under_torchrun(tmp_path, capsys):
     tree = tmp_path / "tree"
     write_config(tree / "alone", batch_size=100)
@@ -386,6 +399,7 @@ def test_nproc_trains_each_stage_under_torchrun(tmp_path, capsys):
         reproduce.main([str(tree), "--nproc", "0"])
 
 
+@pytest.mark.slow
 def test_a_real_failure_names_its_log_and_keeps_the_rest(digits_chain, tmp_path, capsys):
     tree = tmp_path / "tree"
     shutil.copytree(digits_chain / "z_base" / "student", tree / "alone")  # finished: skipped

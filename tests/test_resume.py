@@ -9,15 +9,15 @@ that dropped it would differ from the straight run, not happen to match it.
 """
 import pytest
 import torch
+from configs import KD, NASTY, TINY, write_config
 
 import nets
 import train_kd
 import train_nasty
 import train_scratch
-from configs import KD, NASTY, TINY, write_config
-from datagen import make_cifar
-from utils.checkpoint import load_checkpoint, save_checkpoint
-from utils.tracking import read_metrics
+from utils.base.checkpoint import load_checkpoint, save_checkpoint
+from utils.data.fixtures import make_cifar
+from utils.training.tracking import read_metrics
 
 SCRIPTS = {"scratch": train_scratch, "nasty": train_nasty, "kd": train_kd}
 # generated CIFAR-10 files, 40 training images in batches of 16 (3 SGD steps an epoch, the last of
@@ -76,6 +76,7 @@ def _straight_and_resumed(tmp_path, script, config, epochs, after, *flags):
     return a, middle, b
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_best_accuracy_on_record(tmp_path):
     """A run whose test accuracy rises every epoch ends the same whether a resume forgot the best
     accuracy on record or not; here the checkpoint's best (100 %, epoch 1) cannot be beaten."""
@@ -102,6 +103,7 @@ def cifar_dir(tmp_path_factory):
 
 # the preresnet and resnet families, each by its smallest network (the registry trains them with
 # SGD, momentum 0.9, weight decay 5e-4, as the original)
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["preresnet20", "resnet18"])
 def test_sgd_with_momentum_resumes_bitwise(tmp_path, cifar_dir, model):
     assert nets.optimizer_of(model) == "sgd"
@@ -129,18 +131,21 @@ def teacher(tmp_path_factory):
     return str(folder / "best_model.tar")
 
 
+@pytest.mark.slow
 def test_nasty_run_resumes_bitwise(tmp_path, teacher):
     config = {**TINY, **NASTY, "adversarial_resume": teacher}
     _, middle, _ = _straight_and_resumed(tmp_path, "nasty", config, 2, 1)
     assert middle["method"] == "nasty" and middle["optim_dict"]["state"]  # Adam's moments
 
 
+@pytest.mark.slow
 def test_kd_run_resumes_bitwise(tmp_path, teacher):
     config = {**TINY, **KD, "teacher_resume": teacher, "teacher_output": "sparse", "sparse_ratio": 0.5}
     _, middle, _ = _straight_and_resumed(tmp_path, "kd", config, 2, 1)
     assert middle["method"] == "kd" and middle["optim_dict"]["state"]
 
 
+@pytest.mark.slow
 def test_skeptical_run_resumes_bitwise_with_its_heads(tmp_path, teacher):
     # kd_delay 0: cross-entropy alone in epoch 1, the teacher in epochs 2 and 3; resumed after 2,
     # when the heads have trained (their weights, batch-norm statistics and Adam moments)
@@ -161,6 +166,7 @@ FP16 = {**TINY, "amp": "fp16", "batch_size": 64}
 FP16_STEPS = -(-1438 // 64)  # optimizer steps an epoch on the digits training split
 
 
+@pytest.mark.slow
 def test_fp16_run_resumes_bitwise_with_its_loss_scaler(tmp_path):
     straight, middle, resumed = _straight_and_resumed(tmp_path, "scratch", FP16, 2, 1)
     assert straight["scaler"] == resumed["scaler"]
@@ -170,6 +176,7 @@ def test_fp16_run_resumes_bitwise_with_its_loss_scaler(tmp_path):
     assert straight["scaler"]["_growth_tracker"] == 2 * FP16_STEPS
 
 
+@pytest.mark.slow
 def test_fp16_resume_continues_from_the_checkpoints_loss_scale(tmp_path):
     """A checkpoint whose scaler had backed off (scale 2^10, 5 steps since the last overflow): the
     resumed epoch starts from that scale and that count, not from a fresh scaler's 2^16 and 0."""

@@ -4,19 +4,19 @@ import sys
 
 import pytest
 import torch
+from configs import KD, NASTY, TINY8, write_config
+from conftest import ROOT
 
 import nets
 import train_kd
 import train_nasty
 import train_scratch
-from configs import KD, NASTY, TINY8, write_config
-from conftest import ROOT
-from datagen import make_cifar
-from utils.checkpoint import load_checkpoint
-from utils.data import build_loaders
-from utils.engine import evaluate
-from utils.params import load_params
-from utils.tracking import read_metrics
+from methods import load_params
+from utils.base.checkpoint import load_checkpoint
+from utils.data.fixtures import make_cifar
+from utils.data.loader import build_loaders
+from utils.training.evaluation import evaluate
+from utils.training.tracking import read_metrics
 
 # batches of 64: several steps on the 160 generated CIFAR-10 images
 CIFAR = {**TINY8, "batch_size": 64, "dataset": "cifar10"}
@@ -92,6 +92,7 @@ def test_student_logs_its_teachers_accuracy(cifar_chain):
         (cifar_chain["student"] / "training.log").read_text()
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_right_epoch_and_matches_an_uninterrupted_run(tmp_path):
     whole = write_config(tmp_path / "whole", DIGITS)
     train_scratch.main(["--save_path", str(whole)])
@@ -110,6 +111,7 @@ def test_resume_continues_at_the_right_epoch_and_matches_an_uninterrupted_run(tm
     assert "Epoch 2/3" in resumed and "Epoch 1/3" not in resumed and "Learning Rate 0.0001" in resumed
 
 
+@pytest.mark.slow
 def test_resume_from_an_original_checkpoint_uses_a_fresh_optimizer(tmp_path):
     first = write_config(tmp_path / "first", DIGITS, num_epochs=1)
     train_scratch.main(["--save_path", str(first)])
@@ -135,6 +137,7 @@ def _script(name, *args):
                           text=True, cwd=ROOT, timeout=300)
 
 
+@pytest.mark.slow
 def test_missing_teacher_checkpoint_is_one_line_and_exit_1(tmp_path, cifar_chain):
     student = write_config(tmp_path / "student", CIFAR, **KD, teacher_resume=str(tmp_path / "missing.tar"))
     result = _script("train_kd.py", "--save_path", str(student), "--data_dir", str(cifar_chain["data"]))
@@ -142,6 +145,7 @@ def test_missing_teacher_checkpoint_is_one_line_and_exit_1(tmp_path, cifar_chain
     assert result.stderr.strip() == f"error: checkpoint {tmp_path / 'missing.tar'} does not exist"
 
 
+@pytest.mark.slow
 def test_teacher_of_another_architecture_is_refused(tmp_path, cifar_chain):
     student = write_config(tmp_path / "student", CIFAR, **{**KD, "teacher_model": "mlp"},
                            teacher_resume=str(cifar_chain["teacher"] / "best_model.tar"))
@@ -153,6 +157,7 @@ def test_teacher_of_another_architecture_is_refused(tmp_path, cifar_chain):
     assert not (student / "best_model.tar").exists()
 
 
+@pytest.mark.slow
 def test_help_fits_one_screen():
     for name in ("train_scratch.py", "train_nasty.py", "train_kd.py"):
         result = _script(name, "--help")

@@ -5,17 +5,17 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from configs import TINY, write_config
+from conftest import ROOT
 
 import nets
 import train_scratch
-from configs import TINY, write_config
-from conftest import ROOT
-from utils.checkpoint import load_checkpoint
-from utils.data import build_loaders
-from utils.params import load_params
-from utils.runtime import seed_everything
-from utils.speed import Precision, fast_settings
-from utils.tracking import read_metrics
+from methods import load_params
+from utils.base.checkpoint import load_checkpoint
+from utils.data.loader import build_loaders
+from utils.training.device import seed_everything
+from utils.training.speed import Precision, fast_settings
+from utils.training.tracking import read_metrics
 
 # 16 channels in batches of 64 (the plain fp32 loop below builds the same 16-channel network)
 NET = {**TINY, "num_channels": 16, "batch_size": 64}
@@ -27,6 +27,7 @@ def _train(folder, *flags, **changes):
     return load_checkpoint(folder / "last_model.tar")["state_dict"], read_metrics(folder / "metrics.jsonl")
 
 
+@pytest.mark.slow
 def test_switches_off_is_plain_fp32_training_bitwise(tmp_path):
     ours, _ = _train(tmp_path / "run", amp="off", channels_last=0, compile=0, deterministic=1)
     # the same epoch written as a plain PyTorch loop
@@ -46,12 +47,14 @@ def test_switches_off_is_plain_fp32_training_bitwise(tmp_path):
     assert all(torch.equal(ours[k], v) for k, v in model.state_dict().items())
 
 
+@pytest.mark.slow
 def test_defaults_are_the_switches_off(tmp_path):
     default, _ = _train(tmp_path / "default")
     explicit, _ = _train(tmp_path / "explicit", amp="off", channels_last=0, compile=0, deterministic=1)
     assert all(torch.equal(default[k], explicit[k]) for k in default)
 
 
+@pytest.mark.slow
 def test_bf16_and_channels_last_reach_the_same_accuracy_within_a_point(tmp_path):
     _, fp32 = _train(tmp_path / "fp32", num_epochs=4)
     _, fast = _train(tmp_path / "bf16", num_epochs=4, amp="bf16", channels_last=1)
@@ -59,6 +62,7 @@ def test_bf16_and_channels_last_reach_the_same_accuracy_within_a_point(tmp_path)
     assert abs(fp32[-1]["best_acc"] - fast[-1]["best_acc"]) <= 1.0
 
 
+@pytest.mark.slow
 def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path):
     _train(tmp_path / "fp16", amp="fp16")
     checkpoint = load_checkpoint(tmp_path / "fp16" / "last_model.tar")
@@ -82,6 +86,7 @@ def test_precision_casts_only_when_asked():
     assert Precision("fp16", torch.device("cpu")).scaler.is_enabled()
 
 
+@pytest.mark.slow
 def test_fast_flag_applies_and_logs_the_cpu_settings(tmp_path):
     _train(tmp_path / "fast", "--fast")
     log = (tmp_path / "fast" / "training.log").read_text()

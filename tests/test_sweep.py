@@ -2,15 +2,15 @@
 import json
 
 import pytest
+from configs import FakeRunner, paper_tree, quiet
 from PIL import Image
 
 import reproduce
-from configs import FakeRunner, paper_tree, quiet
 from repro.pipeline import make_plan, run_config
 from repro.runner import execute
 from repro.sweep import collect_sweep, render_sweep, sweep_plan
-from utils.errors import ConfigError
-from utils.provenance import fingerprint_text, numerics
+from utils.base.errors import ConfigError
+from utils.base.provenance import fingerprint_text, numerics
 
 NAMES = {"teacher": "z_base/teacher", "alone": "z_base/student", "nasty": "b_nasty/teacher",
          "normal_student": "a_kd_normal/student", "nasty_student": "a_kd_nasty/student"}
@@ -103,6 +103,7 @@ def test_sweep_table_has_a_row_per_value_with_every_series(tmp_path):
     assert "### weight=0.08" in text  # and each value's own table below
 
 
+@pytest.mark.slow
 def test_a_real_sweep_end_to_end(tmp_path, capsys):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     reproduce.main([str(tree), "--device", "cpu", "--sweep", "weight=0,0.5"])
@@ -130,7 +131,8 @@ def test_a_real_sweep_end_to_end(tmp_path, capsys):
 
 def test_a_finished_run_is_not_silently_kept_when_set_changes_it(tmp_path, capsys):
     from configs import fake_train
-    from utils.checkpoint import save_checkpoint
+
+    from utils.base.checkpoint import save_checkpoint
     tree = paper_tree(tmp_path / "tree", tmp_path)
     plan = make_plan(tree)
     for run in plan.runs:  # trained with the configs' own values, params saved as the scripts do

@@ -9,27 +9,19 @@ a user's mistake never ends in a traceback, and makes SIGTERM (what SLURM, Kuber
 send) stop a run as Ctrl-C does, with exit status 143.
 """
 import argparse
-import contextlib
 import ctypes
-import fcntl
 import json
-import logging
-import logging.handlers
 import os
-import random
 import signal
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from . import distributed
-from .distributed import SINGLE
-from .errors import ConfigError, Interrupted, NastyError
-
-LOGGER_NAME = "nasty"
+from utils.base.errors import ConfigError, Interrupted, NastyError
+from utils.training import distributed
+from utils.base.world import active, launched_world
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -88,77 +80,6 @@ def script_parser(doc):
     return parser
 
 
-def select_device(args, params, world=SINGLE):
-    """CPU or one CUDA device; only an explicit request that cannot be met is an error.
-
-    Under torchrun each process takes the GPU numbered by its LOCAL_RANK.
-    """
-    if args.gpu_id and len(args.gpu_id) > 1:
-        ids = " ".join(map(str, args.gpu_id))
-        raise ConfigError(f"--gpu_id {ids}: several GPUs are used through torchrun "
-                          f"(DistributedDataParallel), not DataParallel: CUDA_VISIBLE_DEVICES="
-                          f"{ids.replace(' ', ',')} torchrun --nproc_per_node={len(args.gpu_id)} "
-                          f"{Path(sys.argv[0]).name} --save_path {args.save_path}")
-    if world.distributed and args.gpu_id is not None:
-        raise ConfigError("--gpu_id does not go with torchrun: each process uses the GPU of its "
-                          "LOCAL_RANK; choose GPUs with CUDA_VISIBLE_DEVICES")
-    wants_cuda = args.device == "cuda" or args.gpu_id is not None
-    if args.device == "cpu" and args.gpu_id is not None:
-        raise ConfigError("--device cpu and --gpu_id contradict each other")
-    if wants_cuda and not torch.cuda.is_available():
-        raise ConfigError("CUDA was requested (--device cuda or --gpu_id) but this machine has "
-                          "no usable CUDA device")
-    index = args.gpu_id[0] if args.gpu_id is not None else world.local_rank if world.distributed else None
-    # params.cuda: 1 means "a GPU if there is one", as in the original
-    use_cuda = wants_cuda or (args.device == "auto" and params.cuda and torch.cuda.is_available())
-    if not use_cuda:
-        return torch.device("cpu")
-    if index is None:
-        return torch.device("cuda", torch.cuda.current_device())
-    if not 0 <= index < torch.cuda.device_count():
-        what = f"--gpu_id {index}" if args.gpu_id is not None else f"LOCAL_RANK {index}"
-        raise ConfigError(f"{what}: no such GPU (this machine has {torch.cuda.device_count()})")
-    return torch.device("cuda", index)
-
-
-def seed_everything(seed, deterministic=True):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.backends.cudnn.deterministic = deterministic
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-def setup_logging(quiet=False):
-    """Console logging now; file lines wait in memory until `attach_log_file` (so a run refused
-    during setup leaves an existing training.log untouched). `quiet` (ranks other than 0 under
-    torchrun): warnings only, which keeps one copy of each line on the console."""
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.setLevel(logging.WARNING if quiet else logging.INFO)
-    logger.propagate = False
-    for handler in list(logger.handlers):  # a second run in the same process logs afresh
-        logger.removeHandler(handler)
-        handler.close()
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(console)
-    logger.addHandler(logging.handlers.MemoryHandler(capacity=10 ** 6, flushLevel=logging.CRITICAL + 1))
-    return logger
-
-
-def attach_log_file(logger, save_path):
-    """Append to `<save_path>/training.log` from now on, starting with the buffered setup lines."""
-    file_handler = logging.FileHandler(Path(save_path) / "training.log")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s:%(levelname)s: %(message)s"))
-    for handler in list(logger.handlers):
-        if isinstance(handler, logging.handlers.MemoryHandler):
-            handler.setTarget(file_handler)
-            handler.flush()
-            logger.removeHandler(handler)
-            handler.close()
-    logger.addHandler(file_handler)
-
-
 def check_save_path(save_path):
     """The run folder, which must exist and take new files (probed with a temporary file)."""
     folder = Path(save_path)
@@ -183,7 +104,7 @@ _received = {"signal": None}  # the stop signal this process got, if any
 
 def _on_sigterm(signum, frame):
     _received["signal"] = signum
-    if not distributed.active():
+    if not active():
         raise Terminated()
     # under torchrun the ranks stop together at a step they all check (stop_requested), so
     # that none is left waiting in a collective for a rank that has gone
@@ -230,7 +151,7 @@ def stop_with_parent():
 def run_script(main, argv=None):
     """Run `main(argv)`; user errors become one line on stderr and their exit code. SIGTERM
     raises Terminated (a KeyboardInterrupt) in the main thread, as Ctrl-C does."""
-    world = distributed.launched_world()
+    world = launched_world()
     stop_with_parent()
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
@@ -252,77 +173,3 @@ def run_script(main, argv=None):
         _received["signal"] = None
 
 
-class RunLock:
-    """One training process per run folder: an exclusive flock on `<save_path>/.lock`.
-
-    The kernel drops the lock when its process dies, even by SIGKILL, so a stale file from
-    a killed run never blocks a new one; the file holds the owner's pid for the message.
-    A run refused after taking the lock (a resume checkpoint that does not fit) leaves the
-    folder as it found it: unless `keep()` was called (the run has started writing), leaving
-    removes the file when this process created it, else puts its earlier bytes back.
-    """
-
-    def __init__(self, save_path):
-        self.path = Path(save_path) / ".lock"
-        self.fd = None
-        self.created, self.previous, self.kept = False, b"", False
-
-    def __enter__(self):
-        while True:
-            fd, created = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                owner = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-                os.close(fd)
-                raise NastyError(f"{self.path.parent}: another process (pid {owner}) is training in "
-                                 "this folder; wait for it or stop it first") from None
-            if self._still_the_file(fd):
-                break
-            os.close(fd)  # its owner removed it before we locked it: lock the file there now
-        self.created, self.kept = created, False
-        self.previous = b"" if created else _read_all(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
-        return self
-
-    def _open(self):
-        """(descriptor, whether this call created the file)."""
-        while True:
-            with contextlib.suppress(FileExistsError):
-                return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
-            try:
-                return os.open(self.path, os.O_RDWR), False
-            except FileNotFoundError:
-                continue  # removed in between by the process that held it
-
-    def _still_the_file(self, fd):
-        try:
-            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            return False
-
-    def keep(self):
-        """The run writes into the folder from now on: the lock file stays when it ends."""
-        self.kept = True
-
-    def __exit__(self, *exc):
-        if not self.kept:  # still holding the flock, so no other process can be using the file
-            if self.created:
-                self.path.unlink(missing_ok=True)
-            else:
-                os.ftruncate(self.fd, 0)
-                os.pwrite(self.fd, self.previous, 0)
-        os.close(self.fd)  # closing releases the flock
-        self.fd = None
-
-
-def _read_all(fd):
-    chunks, offset = [], 0
-    while True:
-        chunk = os.pread(fd, 1 << 16, offset)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
-        offset += len(chunk)

@@ -1,8 +1,8 @@
 """The `params.json` of a run folder, validated against one schema: the common keys below and
 the keys of its method (methods/).
 
-    from utils.params import load_params
-    params = load_params("experiments/CIFAR100/kd_nasty_resnet18/resnet18", "kd",
+    from methods import TABLE                      # the layers above hand the method table in
+    params = load_params("experiments/CIFAR100/kd_nasty_resnet18/resnet18", TABLE, "kd",
                          overrides={"teacher_resume": args.teacher_resume})
     params.method_entry                                       # its row of the method table
     print(params.as_dict())                                   # what the log records
@@ -21,28 +21,32 @@ To add a key every run has, add one `Key(...)` row to `COMMON`; a method's keys 
 import json
 from pathlib import Path
 
-import methods
 from nets import registry
-from utils.data import DATASETS  # one table: classes, input size, statistics, reader
-from utils.errors import ConfigError, did_you_mean
-from utils.schema import (FLAG, FLOAT, INT, MODEL, REQUIRED, SCHEDULE, STR, Key, Problem, bounds,
-                          one_of, show)
-
+from utils.base.errors import ConfigError, did_you_mean
+from utils.base.schema import (
+    FLAG,
+    FLOAT,
+    INT,
+    MODEL,
+    REQUIRED,
+    SCHEDULE,
+    STR,
+    Key,
+    Problem,
+    bounds,
+    one_of,
+    show,
+)
+from utils.data.registry import DATASETS
 
 AMP_MODES = ("off", "bf16", "fp16")
-
-
-def _known_method(value):
-    return None if value in methods.method_names() else (
-        f"is not a known method{did_you_mean(value, methods.method_names())}, "
-        f"valid: {', '.join(methods.method_names())}")
 
 
 # the keys of every run; each method of methods/ adds its own (methods.method_keys())
 COMMON = (
     Key("method", STR, None, "the training method (methods/); without it: the script's own, or "
         "for reproduce.py the one its keys imply (adversarial_resume: nasty, teacher_resume: kd, "
-        "else scratch)", _known_method),
+        "else scratch); checked against the method table handed in"),
     Key("model_name", MODEL, REQUIRED, "the network this run trains"),
     Key("learning_rate", FLOAT, REQUIRED, "initial step size of the optimiser",
         bounds(low=0, low_open=True)),
@@ -73,19 +77,20 @@ COMMON = (
         bounds(low=0, high=1, high_open=True)),
 )
 def keys_of(method):
-    """The schema rows of a method's runs: the common keys, then the method's own."""
-    return COMMON + tuple(method.keys)
+    """The schema rows of a method's runs: the common keys, then the method's own (with, for a
+    defended student, the defence keys)."""
+    return COMMON + tuple(method.all_keys)
 
 
-def all_keys():
+def all_keys(table):
     """{name: Key} of every key some run can have (a name has one row, see methods.register)."""
     return {**{key.name: key for key in COMMON},
-            **{name: key for name, (key, _) in methods.method_keys().items()}}
+            **{name: key for name, (key, _) in table.keys().items()}}
 
 
-def describe(method_name):
+def describe(table, method_name):
     """One line per key of a method's runs: name, kind, default and why (for --help texts)."""
-    method = methods.get_method(method_name)
+    method = table.get(method_name)
     return "\n".join(f"{key.name:<20} {key.kind.name:<7} {key.default_text():<22} {key.why}"
                      for key in keys_of(method))
 
@@ -95,19 +100,18 @@ def describe(method_name):
 class Params:
     """Validated contents of one params.json.
 
-    Every key is an attribute, typed (int, float, bool for 0/1 flags, list of int, str), with
-    defaults filled in. Keys of the run's method that are absent and have no default (e.g.
-    num_channels for a ResNet) are None; so are absent keys of other methods. Keys of other
-    methods that the file holds are kept unchecked, as given. `method` is always the method's
+    Every key of the run (the common ones and its method's) is an attribute, typed (int, float,
+    bool for 0/1 flags, list of int, str), with defaults filled in; those that are absent and have
+    no default (e.g. num_channels for a ResNet) are None. Keys of other methods that the file
+    holds are kept unchecked, as given, in `as_dict()` only. `method` is always the method's
     name, `method_entry` its row of the method table.
     """
 
     def __init__(self, method, path, values):
         self.path = path                 # the json file, or None when built from a dict
-        for name in all_keys():
-            setattr(self, name, None)
-        for name, value in values.items():
-            setattr(self, name, value)
+        for key in keys_of(method):
+            setattr(self, key.name, values.get(key.name))
+        self._values = dict(values)
         self._order = list(values)
         self.method_entry = method
         self.method = method.name
@@ -126,7 +130,7 @@ class Params:
 
     def as_dict(self):
         """The keys in file order, then the defaults that were filled in."""
-        return {name: getattr(self, name) for name in self._order}
+        return {name: getattr(self, name, self._values[name]) for name in self._order}
 
     def model_options(self, name):
         """The options `nets.build_model(name, ...)` takes, read from these params."""
@@ -152,10 +156,14 @@ def _typed_value(key, value):
     return typed
 
 
-def _check_keys(values, method):
+def _check_keys(values, method, table):
     """(typed values, problems) of the keys: unknown, mistyped, out of range, missing."""
     typed, problems = {}, []
-    known, own = all_keys(), {key.name: key for key in keys_of(method)}
+    known, own = all_keys(table), {key.name: key for key in keys_of(method)}
+    named = values.get("method")
+    if isinstance(named, str) and named not in table.names():
+        problems.append(f"method = {show(named)} is not a known method"
+                        f"{did_you_mean(named, table.names())}, valid: {', '.join(table.names())}")
     for name, value in values.items():
         if name not in known:
             problems.append(f"unknown key {name!r}{did_you_mean(name, known)}")
@@ -203,30 +211,31 @@ def _check_models(values, typed, method):
     return problems
 
 
-def _check_script(method, script):
+def _check_script(method, script, table):
     if script is not None and method.script != script:
         return [f"method {method.name!r} runs with {method.script_file}, not "
-                f"{methods.SCRIPTS[script]}"]
+                f"{table.scripts[script]}"]
     return []
 
 
-def _build(values, script, source, path, problems):
-    if script is not None and script not in methods.SCRIPTS:
-        raise ValueError(f"script must be one of {', '.join(methods.SCRIPTS)}, not {script!r}")
-    method = methods.infer_method(values, script)
-    typed, key_problems = _check_keys(values, method)
-    problems = (list(problems) + key_problems + _check_script(method, script)
+def _build(values, table, script, source, path, problems):
+    if script is not None and script not in table.scripts:
+        raise ValueError(f"script must be one of {', '.join(table.scripts)}, not {script!r}")
+    method = table.infer(values, script)
+    typed, key_problems = _check_keys(values, method, table)
+    problems = (list(problems) + key_problems + _check_script(method, script, table)
                 + _check_models(values, typed, method))
-    if method.check and not problems:  # checks across keys need every key valid first
-        problems += method.check(typed)
+    if not problems:  # checks across keys need every key valid first
+        dataset = DATASETS.get(typed.get("dataset"))
+        problems += method.problems(typed, dataset.num_classes if dataset else None)
     if problems:
         raise ConfigError(f"{source}: {'; '.join(problems)}")
     return Params(method, path, typed)
 
 
-def params_from_dict(values, script=None, source="<params>"):
+def params_from_dict(values, table, script=None, source="<params>"):
     """Params from an already parsed dict (tests, or a config assembled in code)."""
-    return _build(dict(values), script, source, None, ())
+    return _build(dict(values), table, script, source, None, ())
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -281,9 +290,10 @@ def check_set_keys(params, keys, flag="--set"):
                           f"it would change nothing (the method's own keys: {names or 'none'})")
 
 
-def load_params(path, script=None, overrides=None):
+def load_params(path, table, script=None, overrides=None):
     """Read and validate `<path>/params.json` (or the json file `path`) for a run of `script`
-    ("scratch", "nasty", "kd"; None: whichever the file's keys say, as reproduce.py reads them).
+    ("scratch", "nasty", "kd"; None: whichever the file's keys say, as reproduce.py reads them),
+    against the method table `table` (methods.TABLE: handed in, as this layer imports no method).
 
     `overrides` replaces keys before validation, e.g. command-line flags and `--set`; a None value
     means "flag not given" and is skipped. Raises ConfigError listing every problem.
@@ -293,4 +303,4 @@ def load_params(path, script=None, overrides=None):
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = value
-    return _build(values, script, file, file, duplicates)
+    return _build(values, table, script, file, file, duplicates)

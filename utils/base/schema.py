@@ -11,7 +11,7 @@ import math
 import os
 from typing import Any, Callable, NamedTuple, Optional
 
-from utils.errors import did_you_mean
+from utils.base.errors import did_you_mean
 
 
 class Problem(Exception):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from utils.base.errors import CheckpointError
 
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 3  # keys named in a mismatch message
@@ -101,7 +101,7 @@ def load_checkpoint(path, map_location="cpu"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # pickle-protocol notices are not the user's business
             obj = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         if pickles_parse(path):
             raise CheckpointError(f"checkpoint {path} refused: it holds objects other than tensors "
                                   "and plain data, and unpickling it could run code") from None

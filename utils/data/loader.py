@@ -11,46 +11,13 @@ The same code runs on CPU and CUDA, and draws its random numbers on the CPU, so 
 identical batches for the same seed.
 """
 import math
-from functools import partial
-from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
 
-from .augment import CropFlip, NoAugmentation, RotateFlip
-from .errors import ConfigError
-from .datasets import read_cifar, read_digits, read_tiny_imagenet
-from .distributed import SINGLE, check_world_batch, main_first, shard_bounds
-
-CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
-TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
-# measured once on the Digits training split (channel_stats, exact float reprs; a test re-measures
-# them): data-free runs must normalise without reading the real training images
-DIGITS_MEAN = (0.3057460512456026,) * 3
-DIGITS_STD = (0.3240893623633842,) * 3
-
-
-class DatasetSpec(NamedTuple):
-    num_classes: int
-    input_size: int
-    mean: Optional[Tuple[float, ...]]  # per channel, 0..1 scale; None: measured on the training split
-    std: Optional[Tuple[float, ...]]
-    read: Callable                     # read(data_dir, train, num_workers) -> Split
-    augmentation: Callable             # () -> the training augmentation of the original
-
-
-DATASETS = {
-    "cifar10": DatasetSpec(10, 32, CIFAR_MEAN, CIFAR_STD,
-                           lambda d, train, workers: read_cifar(d, "cifar10", train),
-                           partial(CropFlip, padding=4, flip=True)),
-    "cifar100": DatasetSpec(100, 32, CIFAR_MEAN, CIFAR_STD,
-                            lambda d, train, workers: read_cifar(d, "cifar100", train),
-                            partial(CropFlip, padding=4, flip=True)),
-    "tiny_imagenet": DatasetSpec(200, 64, TINY_MEAN, TINY_STD, read_tiny_imagenet,
-                                 partial(RotateFlip, degrees=20)),
-    # mirrored digits are not digits: crop only
-    "digits": DatasetSpec(10, 32, DIGITS_MEAN, DIGITS_STD, lambda d, train, workers: read_digits(train),
-                          partial(CropFlip, padding=4, flip=False)),
-}
+from utils.base.errors import ConfigError
+from utils.base.world import SINGLE, check_world_batch, main_first, shard_bounds
+from utils.data.augment import NoAugmentation
+from utils.data.registry import DATASETS
 
 
 def channel_stats(images):

@@ -7,8 +7,8 @@ and the networks reproduce.py's figures compare.
 import torch
 
 import nets
-from .checkpoint import load_weights
-from .speed import maybe_compile, to_layout
+from utils.base.checkpoint import load_weights
+from utils.training.speed import maybe_compile, to_layout
 
 
 def build_network(params, name, device="cpu"):

@@ -16,7 +16,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from . import distributed
+from utils.training import distributed
 
 TOP5_FROM = 100  # top-5 accuracy is reported for data sets with at least this many classes
 

@@ -15,7 +15,7 @@ loss itself is not finite (which no loss scale can mend).
 """
 import torch
 
-from .errors import ConfigError
+from utils.base.errors import ConfigError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

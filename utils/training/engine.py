@@ -1,6 +1,6 @@
 """The training engine shared by train_scratch.py, train_nasty.py and train_kd.py.
 
-    run = prepare(args, script="kd")    # params, device, log, data, model, frozen networks,
+    run = prepare(args, methods.TABLE, "kd")  # params, device, log, data, model, frozen networks,
                                         # the method's objective, one optimiser for both
     fit(run, args.resume)
 
@@ -19,19 +19,34 @@ from typing import Any, NamedTuple
 import torch
 from tqdm import tqdm
 
-from methods import Step
-from . import distributed
-from .checkpoint import check_file, load_checkpoint, load_weights, remove_partial_writes, save_checkpoint
-from .data import build_loaders, epoch_seed
-from .evaluation import evaluate  # noqa: F401 (the epoch's evaluation; re-exported)
-from .errors import Diverged, NastyError
-from .networks import build_network, load_frozen, make_optimizer
-from .params import check_set_keys, load_params
-from .provenance import fingerprint_text, numerics, provenance
-from .speed import Precision, fast_settings, maybe_compile, to_layout
-from .runtime import (RunLock, Terminated, attach_log_file, check_save_path, interruption_error,
-                      seed_everything, select_device, setup_logging, stop_requested, stopped_by)
-from .tracking import EpochLog
+from utils.base.checkpoint import (
+    check_file,
+    load_checkpoint,
+    load_weights,
+    remove_partial_writes,
+    save_checkpoint,
+)
+from utils.base.errors import Diverged, NastyError
+from utils.base.lock import RunLock
+from utils.base.provenance import fingerprint_text, numerics, provenance
+from utils.data.loader import build_loaders, epoch_seed
+from utils.training import distributed
+from utils.training.cli import (
+    Terminated,
+    check_save_path,
+    interruption_error,
+    stop_requested,
+    stopped_by,
+)
+from utils.training.device import seed_everything, select_device
+from utils.training.evaluation import evaluate  # noqa: F401 (the epoch's evaluation; re-exported)
+from utils.training.logs import attach_log_file, setup_logging
+from utils.training.networks import build_network, load_frozen, make_optimizer
+from utils.training.params import check_set_keys, load_params
+from utils.training.speed import Precision, fast_settings, maybe_compile, to_layout
+from utils.training.step import Step
+from utils.training.tracking import EpochLog
+from utils.base.world import World, barrier, launched_world
 
 CHECKPOINT_FORMAT = "nasty-teacher/1"  # marks checkpoints that hold our resume state
 BAR_EVERY = 10  # batches between progress-bar refreshes (each one syncs with the device)
@@ -51,7 +66,7 @@ class TrainingRun(NamedTuple):
     precision: Precision
     train_loader: Any
     test_loader: Any
-    world: distributed.World
+    world: World
 
     @property
     def term_names(self):
@@ -66,28 +81,30 @@ def lr_at(epoch, base_lr, schedule, gamma):
     return base_lr * gamma ** sum(1 for milestone in schedule if milestone <= epoch)
 
 
-def load_run_params(args, script, overrides=None):
-    """The run's params: params.json, then --data_dir, the script's own flags and --set."""
+def load_run_params(args, table, script, overrides=None):
+    """The run's params: params.json, then --data_dir, the script's own flags and --set, against
+    the method table `table` (methods.TABLE, handed down by the script)."""
     overrides = dict(overrides or {})
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir
     assignments = getattr(args, "set", None) or {}
     overrides.update(assignments)
-    params = load_params(args.save_path, script, overrides)
+    params = load_params(args.save_path, table, script, overrides)
     check_set_keys(params, assignments)
     return params, overrides
 
 
-def prepare(args, script, overrides=None):
-    """Everything a run needs, from the command line and `<save_path>/params.json`."""
+def prepare(args, table, script, overrides=None):
+    """Everything a run needs, from the command line and `<save_path>/params.json`; `table`: the
+    method table (methods.TABLE) that params.json's method is looked up in."""
     save_path = check_save_path(args.save_path)
-    params, overrides = load_run_params(args, script, overrides)
+    params, overrides = load_run_params(args, table, script, overrides)
     check_checkpoints_exist(params, args)  # before minutes of data decoding, not after
-    world = distributed.launched_world()
+    world = launched_world()
     device = select_device(args, params, world)
     fast = fast_settings(device) if getattr(args, "fast", False) else {}
     if fast:
-        params = load_params(save_path, script, {**overrides, **fast})
+        params = load_params(save_path, table, script, {**overrides, **fast})
     log = start_logging(params, device, world, fast)
     seed_everything(params.seed, params.deterministic)
     frozen, train_split = replacement_split(params, device, log, world, save_path)
@@ -154,7 +171,7 @@ def replacement_split(params, device, log, world, save_path):
     # every rank at once: rank 0 makes it, the others wait for its cache by polling the file, not in
     # a collective, whose timeout an hours-long synthesis would exceed; then all meet
     split = make_split(params, frozen, save_path, log, world)
-    distributed.barrier()
+    barrier()
     return frozen, split
 
 
