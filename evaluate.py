@@ -23,21 +23,20 @@ import json
 import math
 from pathlib import Path
 
-from methods import load_params, params_from_dict
+import methods
+from methods import load_params
 from utils.base.checkpoint import check_file
 from utils.base.errors import ConfigError
-from utils.data.loader import build_loaders
+from utils.data.loader import build_test_loader
 from utils.training.cli import OneLineParser, add_set_flag, run_script
 from utils.training.device import select_device
 from utils.training.engine import EVAL_BATCH
 from utils.training.evaluation import classification_metrics, compare_outputs, predict
 from utils.training.networks import load_frozen
-from utils.training.params import COMMON
+from utils.training.params import COMMON, evaluation_params
 
 DEFAULT_TEMPERATURE = 4.0
 # keys every params.json needs that an evaluation does not use: what --model/--dataset fill in
-TRAINING_ONLY = {"learning_rate": 0.1, "schedule": [999], "gamma": 0.1, "batch_size": 128,
-                 "num_epochs": 1}
 PER_LINE = 5  # classes per line of the text report
 
 
@@ -91,9 +90,9 @@ def first_params(args):
     overrides = {"data_dir": args.data_dir, **args.set}
     if args.save_path:
         return load_params(args.save_path, overrides=overrides)
-    values = {**TRAINING_ONLY, "model_name": args.model, "dataset": args.dataset,
+    values = {"model_name": args.model, "dataset": args.dataset,
               **{k: v for k, v in overrides.items() if v is not None}}
-    return params_from_dict(values, source="evaluate.py (--model, --dataset, --set)")
+    return evaluation_params(values, methods.TABLE, "evaluate.py (--model, --dataset, --set)")
 
 
 def against_params(params, name):
@@ -102,7 +101,8 @@ def against_params(params, name):
         return params
     shared = {key.name for key in COMMON} - {"method", "model_name"}
     values = {k: v for k, v in params.as_dict().items() if k in shared}
-    return params_from_dict({**values, "model_name": name}, source=f"--against_model {name}")
+    return evaluation_params({**values, "model_name": name}, methods.TABLE,
+                             f"--against_model {name}")
 
 
 def pick_temperature(args, params):
@@ -131,7 +131,7 @@ def evaluate_checkpoints(args):
     if other is not None:
         networks.append(load_frozen(other, other.model_name, args.against, device,
                                     role="--against network"))
-    _, test_loader = build_loaders(params, device, max(params.batch_size, EVAL_BATCH))
+    test_loader = build_test_loader(params, device, max(params.batch_size or 0, EVAL_BATCH))
     logits, labels = predict(networks, test_loader)
     result = {"checkpoint": checkpoint, "model": params.model_name, "dataset": params.dataset,
               "num_classes": params.num_classes, "device": str(device),

@@ -27,7 +27,7 @@ from repro.figures import add_figures
 from repro.pipeline import describe_plan, make_plan
 from repro.progress import Progress
 from repro.report import collect, write_report
-from repro.runner import Interrupted, SubprocessRunner, execute
+from repro.runner import Interrupted, Result, SubprocessRunner, execute
 from repro.sweep import collect_sweep, sweep_plan, write_sweep_report
 from utils.base.errors import ConfigError, NastyError
 from utils.training.cli import OneLineParser, add_set_flag, run_script
@@ -151,7 +151,7 @@ def main(argv=None):
     try:
         runner = SubprocessRunner(plan.base, script_flags(args), args.nproc, args.threads, args.gpus,
                                   args.jobs)
-        outcomes = execute(plan, runner, Progress())  # up to the runner's args.jobs
+        outcomes = execute(plan, runner, Progress())  # up to runner.jobs (args.jobs) at once
         written = report_sweep(plan, outcomes, args) if plan.sweep else report(plan, outcomes, args)
     except KeyboardInterrupt:  # outside a script (those are handled by the runner)
         raise Interrupted("interrupted; run the same command again to continue") from None
@@ -177,8 +177,8 @@ def report_sweep(plan, outcomes, args):
 
 
 def check_outcomes(outcomes):
-    failed = sum(o.state == "failed" for o in outcomes.values())
-    skipped = sum(o.state == "skipped" for o in outcomes.values())
+    failed = sum(o.state == Result.FAILED for o in outcomes.values())
+    skipped = sum(o.state == Result.SKIPPED for o in outcomes.values())
     if failed:
         raise NastyError(f"{failed} run(s) failed and {skipped} that need them were skipped; the "
                          "table holds the rest. Fix the cause and run the same command again")

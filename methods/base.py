@@ -13,28 +13,23 @@ logits (the `teacher_output` key selects it); it declares its keys and its row l
 layer is handed `TABLE` (utils.training.params) and the chosen method; repro/ reads only these
 declarations. So a method or a defence is one module here (see docs/extending.md).
 """
-import enum
 from dataclasses import dataclass
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
 from utils.base.errors import ConfigError, did_you_mean
-from utils.base.schema import FLOAT, REQUIRED, STR, Key, bounds
+from utils.base.schema import FLOAT, REQUIRED, STR, Key, Word, bounds
 
 SCRIPTS = {"scratch": "train_scratch.py", "nasty": "train_nasty.py", "kd": "train_kd.py"}
 RESERVED_TERMS = ("loss", "acc")  # 'loss' is the total every method returns; acc is logged apart
 
 
-class Role(str, enum.Enum):
-    """A method's place in the results tables (repro/report.py, repro/matrix.py); a str, so
-    results.json holds its value."""
+class Role(Word):
+    """A method's place in the results tables (repro/report.py, repro/matrix.py)."""
     TEACHER = "teacher"                       # trained on labels: a normal teacher, or a student alone
     DEFENDED_TEACHER = "defended teacher"     # trained to teach badly (nasty)
     STUDENT = "student strategy"              # learns from a frozen teacher
-
-    def __str__(self):
-        return self.value
 
 
 # keys several methods share: one row each, so the schema has one meaning per name

@@ -22,10 +22,11 @@ from pathlib import Path, PurePath
 from typing import Any, NamedTuple, Optional
 
 import methods.base
-from methods.base import Role
 from methods import load_params
+from methods.base import Role
 from utils.base.checkpoint import load_checkpoint
 from utils.base.errors import ConfigError, NastyError, did_you_mean
+from utils.base.schema import Word
 from utils.training.params import all_keys, keys_of, read_json
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -95,8 +96,16 @@ class Plan:
         return None if run.parent_run is None else run.parent_run.key
 
 
+class RunState(Word):
+    """What a run's folder holds, read from its last_model.tar and params.json."""
+    DONE = "done"                      # every epoch trained, with these settings
+    RESUME = "resume"                  # some epochs trained: continues from last_model.tar
+    NEW = "new"                        # nothing trained yet
+    CHANGED = "changed"                # finished, but with other settings than the plan's
+
+
 class Status(NamedTuple):
-    state: str                         # "done", "resume" or "new"
+    state: RunState
     epoch: int                         # epochs in last_model.tar
     num_epochs: int
 
@@ -306,16 +315,16 @@ def run_status(run):
     """done: best_model.tar exists and last_model.tar holds every epoch; resume: a run to continue."""
     last, total = run.folder / "last_model.tar", run.num_epochs
     if not last.is_file():
-        return Status("new", 0, total)
+        return Status(RunState.NEW, 0, total)
     try:
         checkpoint = load_checkpoint(last)
     except NastyError:  # damaged: the script's --resume auto names the problem
-        return Status("resume", 0, total)
+        return Status(RunState.RESUME, 0, total)
     epoch = int(checkpoint.get("epoch", 0))
     if changed_keys(run, checkpoint):
-        return Status("changed", epoch, total)
+        return Status(RunState.CHANGED, epoch, total)
     finished = epoch >= total and (run.folder / "best_model.tar").is_file()
-    return Status("done" if finished else "resume", epoch, total)
+    return Status(RunState.DONE if finished else RunState.RESUME, epoch, total)
 
 
 def changed_keys(run, checkpoint):
@@ -328,11 +337,11 @@ def changed_keys(run, checkpoint):
 
 
 def status_text(status):
-    if status.state == "changed":
+    if status.state == RunState.CHANGED:
         return "trained with other values of the --set keys"
-    if status.state == "done":
+    if status.state == RunState.DONE:
         return f"done ({status.epoch}/{status.num_epochs} epochs)"
-    if status.state == "resume":
+    if status.state == RunState.RESUME:
         return f"resume after epoch {status.epoch}/{status.num_epochs}"
     return f"new ({status.num_epochs} epoch{'s' if status.num_epochs > 1 else ''})"
 
@@ -355,7 +364,7 @@ def describe_plan(plan):
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
-    left = sum(status.state != "done" for status in statuses.values())
+    left = sum(status.state != RunState.DONE for status in statuses.values())
     lines.append(f"{left} of {len(plan.runs)} runs to train; finished ones are skipped, "
                  "started ones resume")
     return "\n".join(lines)

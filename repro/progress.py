@@ -18,7 +18,8 @@ import time
 
 from utils.training.tracking import read_metrics
 
-from .runner import exit_text
+from .pipeline import RunState
+from .runner import Result, exit_text
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+)")
 EVAL_LINE = re.compile(r"^- Eval metrics : acc: ([0-9.]+)")
@@ -52,7 +53,7 @@ class Progress:
 
     def start(self, position, run, status):
         what = (f"resuming after epoch {status.epoch} of {status.num_epochs}"
-                if status.state == "resume" else
+                if status.state == RunState.RESUME else
                 f"training {status.num_epochs} epoch{'s' if status.num_epochs > 1 else ''}")
         with self.lock:
             self.running[run.key] = [position, run, "", ""]
@@ -92,13 +93,13 @@ class Progress:
     def result(run, outcome):
         best = best_accuracy(run.folder)
         best = "" if best is None else f", best {best:.2f}"
-        if outcome.state == "done":
+        if outcome.state == Result.DONE:
             return f"finished earlier, skipped{best}"
-        if outcome.state == "ran":
+        if outcome.state == Result.RAN:
             return f"ran in {outcome.seconds:.0f} s{best}"
-        if outcome.state == "failed" and outcome.log is None:  # refused before it started
+        if outcome.state == Result.FAILED and outcome.log is None:  # refused before it started
             return f"not trained: {outcome.message}"
-        if outcome.state == "failed":
+        if outcome.state == Result.FAILED:
             return (f"failed ({exit_text(outcome.exit_code)}), log: {outcome.log}"
                     + (f"\n    {outcome.message}" if outcome.message else ""))
         return f"skipped: {outcome.message}"

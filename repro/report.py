@@ -20,8 +20,8 @@ from utils.base.provenance import git_commit
 from utils.training.tracking import read_metrics
 
 from .matrix import find_matrices, matrix_record, render_matrix
-from .pipeline import run_status
-from .runner import exit_text, read_attempts
+from .pipeline import RunState, run_status
+from .runner import Result, exit_text, read_attempts
 from .tables import (
     MISSING,
     alone_stage,
@@ -57,12 +57,12 @@ class Group(NamedTuple):
 
 def run_record(run, outcome):
     rows = read_metrics(run.folder / "metrics.jsonl")
-    finished = outcome.state in ("done", "ran") if outcome else run_status(run).state == "done"
+    finished = outcome.state in (Result.DONE, Result.RAN) if outcome else run_status(run).state == RunState.DONE
     attempts = read_attempts(run.folder)
     last = rows[-1] if rows else {}
     return {"seed": run.stage.params.seed if run.seed is None else run.seed,
             "folder": str(run.folder),
-            "state": outcome.state if outcome else ("done" if finished else "not run"),
+            "state": outcome.state if outcome else (Result.DONE if finished else Result.NOT_RUN),
             "finished": finished,
             "best_acc": last.get("best_acc") if finished else None,
             "best_epoch": last.get("best_epoch") if finished else None,
@@ -261,12 +261,12 @@ def render_problems(results):
     for name, stage in results["stages"].items():
         for run in stage["runs"]:
             label = f"`{name}`" + ("" if results["seeds"] is None else f" [seed {run['seed']}]")
-            if run["state"] == "failed" and run["log"] is None:
+            if run["state"] == Result.FAILED and run["log"] is None:
                 lines.append(f"- {label} not trained: {run['message']}")
-            elif run["state"] == "failed":
+            elif run["state"] == Result.FAILED:
                 lines.append(f"- {label} failed ({exit_text(run['exit_code'])}), log: {run['log']}"
                              + (f": {run['message']}" if run["message"] else ""))
-            elif run["state"] in ("skipped", "not run"):
+            elif run["state"] in (Result.SKIPPED, Result.NOT_RUN):
                 lines.append(f"- {label} {run['state']}"
                              + (f": {run['message']}" if run["message"] else ""))
     lines += [f"- {note}" for note in results["notes"]]
@@ -283,7 +283,7 @@ def render_numerics(results):
     unknown = sum(1 for run in runs if not run.get("numerics") or run.get("numerics_partial"))
     if len(counts) == 1 and not unknown:
         return [f"Numerics: {next(iter(counts))} (every run). Exact numbers hold for this "
-                "fingerprint; see utils/provenance.py.", ""]
+                "fingerprint; see utils/base/provenance.py.", ""]
     if len(counts) == 1:
         return [f"Numerics: {next(iter(counts))} ({len(runs) - unknown} of {len(runs)} runs; the "
                 "others record none for some or all epochs: not trained, or trained before "

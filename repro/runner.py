@@ -1,7 +1,7 @@
 """Carrying out a plan (repro/pipeline.py): each run with the real training script, up to `jobs` at once.
 
-    outcomes = execute(plan, SubprocessRunner(plan.base, ["--device", "cpu"]), Progress(), jobs=2)
-    outcomes[("baseline/preresnet20", None)].state        # "done", "ran", "failed" or "skipped"
+    outcomes = execute(plan, SubprocessRunner(plan.base, ["--device", "cpu"], jobs=2), Progress())
+    outcomes[("baseline/preresnet20", None)].state        # a Result: done, ran, failed or skipped
 
 Each run is a child process (`python train_*.py --save_path RUN --resume auto`), so a crash or
 an out-of-memory kill takes down one stage, not the driver. Its output is appended to
@@ -12,7 +12,7 @@ With `jobs` > 1 a run starts as soon as the run whose checkpoint it reads has fi
 is free, taking the first such run in plan order (so `jobs=1` is the plan's order). Children run
 in sessions of their own: Ctrl-C or SIGTERM reaches reproduce.py alone, which hands the same
 signal to every running child once, lets each save its epoch, and stops; a child whose driver dies
-by SIGKILL gets SIGTERM from the kernel (utils/runtime.stop_with_parent).
+by SIGKILL gets SIGTERM from the kernel (utils/training/cli.stop_with_parent).
 """
 import itertools
 import json
@@ -29,10 +29,11 @@ from typing import NamedTuple, Optional
 
 from utils.base.checkpoint import load_checkpoint
 from utils.base.errors import ConfigError, Interrupted
+from utils.base.schema import Word
 from utils.training.cli import PARENT_ENV, Terminated
 from utils.training.tracking import read_jsonl
 
-from .pipeline import PROJECT_ROOT, changed_keys, run_status, write_run_config
+from .pipeline import PROJECT_ROOT, RunState, changed_keys, run_status, write_run_config
 
 LOG_NAME = "reproduce.log"
 ATTEMPTS_NAME = "reproduce.jsonl"
@@ -40,18 +41,27 @@ STOP_WAIT = 60  # seconds a child gets after Ctrl-C to write its checkpoint and 
 TORCHRUN = PROJECT_ROOT / "repro" / "launch.py"  # torchrun that ends with reproduce.py
 
 
+class Result(Word):
+    """What became of a run in one reproduce.py invocation."""
+    DONE = "done"                      # finished earlier: not run again
+    RAN = "ran"                        # trained now, to its last epoch
+    FAILED = "failed"                  # its script failed, or it was refused before it started
+    SKIPPED = "skipped"                # the run it needs failed or was skipped
+    NOT_RUN = "not run"                # in results.json: a run this invocation did not reach
+
+
 class Outcome(NamedTuple):
-    state: str                         # done (earlier), ran, failed, skipped
+    state: Result
     exit_code: Optional[int] = None
     seconds: Optional[float] = None    # wall time of this invocation's attempt
     log: Optional[str] = None
     message: str = ""                  # failed: the script's error line; skipped: why
 
 
-def execute(plan, runner, progress, jobs=None):
-    """Run every run of `plan` that is not finished, up to `jobs` at once (default: the runner's own
-    number of job slots, else 1); {run.key: Outcome}."""
-    jobs = jobs or getattr(runner, "jobs", 1)
+def execute(plan, runner, progress):
+    """Run every run of `plan` that is not finished, up to `runner.jobs` at once (the one source of
+    the job count: the runner owns the slots, GPUs included); {run.key: Outcome}."""
+    jobs = runner.jobs
     outcomes, waiting, running = {}, list(enumerate(plan.runs, 1)), {}
     progress.begin(len(plan.runs))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
@@ -103,19 +113,19 @@ def start_ready(plan, runner, progress, pool, state, jobs):
 def settle(plan, run, outcomes):
     """(Outcome, None) for a run that needs no training now, else (None, its Status)."""
     parent = plan.parent_key(run)
-    if parent is not None and outcomes[parent].state in ("failed", "skipped"):
-        if (run.folder / "params.json").is_file() and run_status(run).state == "done":
-            return Outcome("done"), None  # finished before: its numbers stay in the table
+    if parent is not None and outcomes[parent].state in (Result.FAILED, Result.SKIPPED):
+        if (run.folder / "params.json").is_file() and run_status(run).state == RunState.DONE:
+            return Outcome(Result.DONE), None  # finished before: its numbers stay in the table
         name = run.parent_run.label
-        return Outcome("skipped", message=f"needs {name}, which {outcomes[parent].state}"), None
+        return Outcome(Result.SKIPPED, message=f"needs {name}, which {outcomes[parent].state}"), None
     if run.generated:
         write_run_config(run, plan.base)
     status = run_status(run)
-    if status.state == "done":
-        return Outcome("done"), None
-    if status.state == "changed":  # never overwrite a finished run with other settings silently
+    if status.state == RunState.DONE:
+        return Outcome(Result.DONE), None
+    if status.state == RunState.CHANGED:  # never overwrite a finished run with other settings silently
         changes = "; ".join(changed_keys(run, load_checkpoint(run.folder / "last_model.tar")))
-        return Outcome("failed", message=f"{run.folder} was {changes}: delete its last_model.tar "
+        return Outcome(Result.FAILED, message=f"{run.folder} was {changes}: delete its last_model.tar "
                        "to retrain it, or use --sweep, which trains in folders of its own"), None
     return None, status
 
@@ -179,8 +189,8 @@ class SubprocessRunner:
             record_attempt(run.folder, command, started, code, env)
         seconds = time.time() - started
         if code == 0:
-            return Outcome("ran", 0, seconds, str(log_path))
-        return Outcome("failed", code, seconds, str(log_path), error)
+            return Outcome(Result.RAN, 0, seconds, str(log_path))
+        return Outcome(Result.FAILED, code, seconds, str(log_path), error)
 
     def follow(self, command, env, log_path, output):
         """Run `command`, its output to `log_path` and to `output`; (exit code, error line):

@@ -61,8 +61,8 @@ def fake_train(run, best_acc, epochs=None):
 class FakeRunner:
     """Stands in for the scripts: 'trains' with known accuracies, fails the stages named."""
 
-    def __init__(self, accuracy, fail=()):
-        self.accuracy, self.fail, self.calls = accuracy, set(fail), []
+    def __init__(self, accuracy, fail=(), jobs=1):
+        self.accuracy, self.fail, self.calls, self.jobs = accuracy, set(fail), [], jobs
 
     def __call__(self, run, status, progress):
         self.calls.append((run.stage.name, run.seed, status.state, status.epoch))

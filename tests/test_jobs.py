@@ -28,8 +28,8 @@ from utils.base.errors import ConfigError
 class TimedRunner(FakeRunner):
     """A FakeRunner whose runs take a little while, recording when each started and ended."""
 
-    def __init__(self, accuracy, fail=(), seconds=0.05):
-        super().__init__(accuracy, fail)
+    def __init__(self, accuracy, fail=(), seconds=0.05, jobs=1):
+        super().__init__(accuracy, fail, jobs)
         self.seconds, self.spans, self.lock = seconds, {}, threading.Lock()
 
     def __call__(self, run, status, progress):
@@ -53,8 +53,8 @@ def most_at_once(spans):
 def test_jobs_run_independent_stages_together_and_never_before_their_parent(tmp_path):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     plan = make_plan(tree, seeds=[0, 1, 2])
-    runner = TimedRunner(lambda r: 90.0 + r.seed)
-    outcomes = execute(plan, runner, quiet(), jobs=3)
+    runner = TimedRunner(lambda r: 90.0 + r.seed, jobs=3)
+    outcomes = execute(plan, runner, quiet())
     assert len(runner.spans) == 15 and {o.state for o in outcomes.values()} == {"ran"}
     assert most_at_once(runner.spans.values()) == 3
     for run in plan.runs:
@@ -66,14 +66,14 @@ def test_one_job_keeps_the_plan_order(tmp_path):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     plan = make_plan(tree, seeds=[0, 1])
     runner = FakeRunner(lambda r: 90.0)
-    execute(plan, runner, quiet(), jobs=1)
+    execute(plan, runner, quiet())
     assert [c[:2] for c in runner.calls] == [(r.stage.name, r.seed) for r in plan.runs]
 
 
 def test_a_failure_with_jobs_skips_only_its_dependents(tmp_path):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     plan = make_plan(tree, seeds=[0, 1])
-    outcomes = execute(plan, TimedRunner(lambda r: 90.0, fail={"b_nasty/teacher"}), quiet(), jobs=2)
+    outcomes = execute(plan, TimedRunner(lambda r: 90.0, fail={"b_nasty/teacher"}, jobs=2), quiet())
     states = {key: o.state for key, o in outcomes.items()}
     for seed in (0, 1):
         assert states[("b_nasty/teacher", seed)] == "failed"
@@ -246,7 +246,7 @@ def test_an_error_of_the_driver_stops_the_running_children(tmp_path):
             Broken.stopped = signum
 
     with pytest.raises(OSError, match="no such interpreter"):
-        execute(plan, Broken(lambda r: 90.0, seconds=0.3), quiet(), jobs=2)
+        execute(plan, Broken(lambda r: 90.0, seconds=0.3, jobs=2), quiet())
     assert Broken.stopped == signal.SIGTERM
 
 

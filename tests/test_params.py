@@ -9,7 +9,7 @@ import nets  # noqa: F401  (registers every network name the checks look up)
 from methods import load_params, params_from_dict
 from utils.base.errors import ConfigError
 from utils.data.registry import DATASETS
-from utils.training.params import COMMON, all_keys, describe
+from utils.training.params import COMMON, all_keys, describe, evaluation_params
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 ALL_CONFIGS = sorted(EXPERIMENTS.rglob("params.json"))
@@ -464,3 +464,15 @@ def test_params_from_dict_and_describe():
     with pytest.raises(ConfigError, match=r"^<params>: missing key 'gamma'"):
         params_from_dict({k: v for k, v in SCRATCH.items() if k != "gamma"}, "scratch")
     assert "alpha" in describe(methods.TABLE, "kd") and "alpha" not in describe(methods.TABLE, "scratch")
+
+
+def test_an_evaluation_needs_no_training_keys():
+    """evaluate.py --model --dataset: the network and the data set are enough; nothing is invented."""
+    params = evaluation_params({"model_name": "resnet18", "dataset": "cifar10"}, methods.TABLE)
+    assert (params.learning_rate, params.batch_size, params.num_epochs) == (None, None, None)
+    assert params.num_classes == 10 and params.method == "scratch"
+    assert "learning_rate" not in params.as_dict()
+    with pytest.raises(ConfigError, match="missing key 'learning_rate'"):
+        params_from_dict({"model_name": "resnet18", "dataset": "cifar10"})  # a training run needs it
+    with pytest.raises(ConfigError, match=r"missing key 'num_channels' \(required by model 'net'\)"):
+        evaluation_params({"model_name": "net", "dataset": "cifar10"}, methods.TABLE)

@@ -1,11 +1,12 @@
 """The value kinds and range checks of params.json keys, and the `Key` row that combines them.
 
-    from utils.schema import FLOAT, Key, bounds
+    from utils.base.schema import FLOAT, Key, bounds
     Key("weight", FLOAT, 0.04, "weight of the KL term", bounds(low=0))
 
-utils/params.py holds the keys every run has; each method of methods/ adds its own rows. A kind
+utils/training/params.py holds the keys every run has; each method of methods/ adds its own rows. A kind
 turns the JSON value into the typed value the scripts see, or raises `Problem` with the reason.
 """
+import enum
 import json
 import math
 import os
@@ -128,12 +129,20 @@ def one_of(choices, what):
 REQUIRED = object()   # default of a key that must be in the file
 
 
+class Word(str, enum.Enum):
+    """An enum whose members are their str values: in f-strings, JSON and comparisons with the
+    words results.json and the logs hold (roles, run states)."""
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
 class Key(NamedTuple):
     name: str
     kind: Kind
     default: Any                     # REQUIRED; None: optional, absent unless needed
     why: str
     check: Optional[Callable[[Any], Optional[str]]] = None
+    training: bool = False           # read only to train: an evaluation needs no value for it
 
     def default_text(self):
         if self.default is REQUIRED:

@@ -131,3 +131,15 @@ def build_loaders(params, device, eval_batch_size=None, world=SINGLE, train_spli
     test_loader = DeviceLoader(test, eval_batch_size or params.batch_size, device, mean, std,
                                channels_last=layout, world=world)
     return train_loader, test_loader
+
+
+def build_test_loader(params, device, batch_size, world=SINGLE):
+    """The test loader alone (evaluation): the training split is read only by a data set whose
+    normalisation is measured on it; no training key (batch_size, ...) is needed."""
+    spec = DATASETS[params.dataset]
+    with main_first(world):
+        test = spec.read(params.data_dir, False, params.num_workers)
+        mean, std = ((spec.mean, spec.std) if spec.mean else
+                     channel_stats(spec.read(params.data_dir, True, params.num_workers).images))
+    return DeviceLoader(test, batch_size, device, mean, std,
+                        channels_last=getattr(params, "channels_last", False), world=world)

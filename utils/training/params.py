@@ -49,13 +49,13 @@ COMMON = (
         "else scratch); checked against the method table handed in"),
     Key("model_name", MODEL, REQUIRED, "the network this run trains"),
     Key("learning_rate", FLOAT, REQUIRED, "initial step size of the optimiser",
-        bounds(low=0, low_open=True)),
+        bounds(low=0, low_open=True), training=True),
     Key("schedule", SCHEDULE, REQUIRED, "epochs at which the learning rate is multiplied "
-        "by gamma ([999] never fires)"),
+        "by gamma ([999] never fires)", training=True),
     Key("gamma", FLOAT, REQUIRED, "learning-rate factor at each schedule epoch",
-        bounds(low=0, low_open=True)),
-    Key("batch_size", INT, REQUIRED, "training images per step", bounds(low=1)),
-    Key("num_epochs", INT, REQUIRED, "length of training", bounds(low=1)),
+        bounds(low=0, low_open=True), training=True),
+    Key("batch_size", INT, REQUIRED, "training images per step", bounds(low=1), training=True),
+    Key("num_epochs", INT, REQUIRED, "length of training", bounds(low=1), training=True),
     Key("dataset", STR, REQUIRED, "data set; fixes the number of classes and input size",
         one_of(DATASETS, "data set")),
     Key("num_workers", INT, 4, "threads that decode Tiny-ImageNet once (the original's "
@@ -156,7 +156,7 @@ def _typed_value(key, value):
     return typed
 
 
-def _check_keys(values, method, table):
+def _check_keys(values, method, table, evaluating=False):
     """(typed values, problems) of the keys: unknown, mistyped, out of range, missing."""
     typed, problems = {}, []
     known, own = all_keys(table), {key.name: key for key in keys_of(method)}
@@ -178,7 +178,8 @@ def _check_keys(values, method, table):
         if key.name in values:
             continue
         if key.default is REQUIRED:
-            problems.append(f"missing key {key.name!r} (required for {method.name})")
+            if not (evaluating and key.training):  # an evaluation trains nothing
+                problems.append(f"missing key {key.name!r} (required for {method.name})")
         elif key.default is not None:
             typed[key.name] = key.kind.parse(key.default)
     return typed, problems
@@ -218,11 +219,11 @@ def _check_script(method, script, table):
     return []
 
 
-def _build(values, table, script, source, path, problems):
+def _build(values, table, script, source, path, problems, evaluating=False):
     if script is not None and script not in table.scripts:
         raise ValueError(f"script must be one of {', '.join(table.scripts)}, not {script!r}")
     method = table.infer(values, script)
-    typed, key_problems = _check_keys(values, method, table)
+    typed, key_problems = _check_keys(values, method, table, evaluating)
     problems = (list(problems) + key_problems + _check_script(method, script, table)
                 + _check_models(values, typed, method))
     if not problems:  # checks across keys need every key valid first
@@ -231,6 +232,12 @@ def _build(values, table, script, source, path, problems):
     if problems:
         raise ConfigError(f"{source}: {'; '.join(problems)}")
     return Params(method, path, typed)
+
+
+def evaluation_params(values, table, source="<params>"):
+    """Params of a network to evaluate (evaluate.py --model --dataset): the keys that train a
+    network (learning rate, schedule, batch size, ...) are not required, and are None if absent."""
+    return _build(dict(values), table, None, source, None, (), evaluating=True)
 
 
 def params_from_dict(values, table, script=None, source="<params>"):
