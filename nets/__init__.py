@@ -5,7 +5,7 @@
     logits, stage_outputs = forward_features(model, images)  # see nets/features.py
 
 Importing this package imports every module in it, and each module registers its networks
-(`@register(name)`), so a new network is a new module here (README, "Extending").
+(`@register(name)`), so a new network is a new module here (docs/extending.md).
 """
 import importlib
 import pkgutil

@@ -14,3 +14,15 @@ def pytest_configure(config):
     # numerics fingerprint, tests/test_effect.py), without asking for -rs
     if "s" not in (config.option.reportchars or "") and "N" not in (config.option.reportchars or ""):
         config.option.reportchars = (config.option.reportchars or "") + "s"
+
+
+# the longest files first: with pytest-xdist (pytest.ini: one worker per core, whole files per
+# worker), the Digits chain of test_effect.py trains while the other workers take the rest
+FIRST_FILES = ("test_effect.py", "test_distributed.py", "test_kill.py", "test_reliability.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item):
+        name = Path(str(item.fspath)).name
+        return FIRST_FILES.index(name) if name in FIRST_FILES else len(FIRST_FILES)
+    items.sort(key=rank)  # stable: the order inside a file, and of the other files, is kept

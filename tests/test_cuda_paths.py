@@ -4,7 +4,7 @@ divergence watch, sync_bn and channels-last for an objective's own heads, and to
 its real backend.
 
 What a CPU cannot show (NCCL itself, SyncBatchNorm's forward, CUDA kernels) is listed in the
-README's "Speed switches" section.
+docs/performance.md's speed switches.
 """
 import copy
 import math

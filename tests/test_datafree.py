@@ -1,4 +1,4 @@
-"""Data-free distillation (methods/deepinversion.py, utils/synthesis.py): the loss terms against
+"""Data-free distillation (methods/deepinversion.py): the loss terms against
 hand-computed values, the synthesis, its cache and resume, the keys, and the claim that a student
 distilled from images synthesised from a trained Digits teacher alone is well above chance."""
 import json

@@ -1,6 +1,6 @@
 """Readers of the on-disk data sets: exact contents, the original's label order, the cache, errors.
 
-Everything runs on small data sets written by tests/datagen.py in the real formats; nothing here
+Everything runs on small data sets written by utils/data/fixtures.py in the real formats; nothing here
 touches the network (the CIFAR download is replaced by a stub in every test that could reach it).
 """
 import builtins

@@ -7,14 +7,16 @@
 2. The exact numbers, where the project has measured them: the same seed and config give other
    floats, and after 15 epochs other accuracies, on another PyTorch build, CPU instruction set
    (AVX2 and AVX-512 kernels sum in other orders), GPU model or thread count. Every run records
-   that numerics fingerprint (utils/provenance.py); MEASURED holds the seed-0 numbers per
+   that numerics fingerprint (utils/base/provenance.py); MEASURED holds the seed-0 numbers per
    fingerprint, and on a machine whose fingerprint is not there the test says so and checks only
    the effect. Best test accuracy over 359 test images: one image is 0.28 points.
 """
+import hashlib
 import json
 import shutil
 
 import pytest
+import torch
 from conftest import ROOT
 
 import reproduce
@@ -34,6 +36,25 @@ MEASURED = {
 }
 
 
+# sha256 (first 16 hex digits) of each stage's best_model.tar weights, seed 0, per fingerprint: the
+# same code on the same machine gives the same weights bit for bit, so a refactoring that changes
+# any number of the chain fails here (these were made by the code before issue 22's restructuring)
+MEASURED_WEIGHTS = {
+    "torch 2.14.1+cu130, cpu AVX2, 1 thread": {
+        "teacher": "f5a1933aaf6d8e02", "alone": "4d00d4d97021f22f", "nasty": "f70661e7090902b8",
+        "from_normal": "59a250920ed567c7", "from_nasty": "41525f50f998b50b"},
+}
+
+
+def weights_digest(path):
+    """sha256 of a checkpoint's state_dict: every tensor's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in torch.load(path, map_location="cpu", weights_only=True)["state_dict"].items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 @pytest.fixture(scope="module")
 def digits(tmp_path_factory):
     """Best accuracy per stage of the shipped Digits chain, trained in a copy of the tree, and
@@ -48,12 +69,13 @@ def digits(tmp_path_factory):
     reproduce.main([str(tree), "--device", "cpu", "--no-figures", "--jobs", "2"])
     results = json.loads((tree / "results.json").read_text())
     accuracy = {role: results["stages"][stage]["best_acc"]["mean"] for role, stage in STAGES.items()}
-    return accuracy, list(results["numerics"])
+    weights = {role: weights_digest(tree / stage / "best_model.tar") for role, stage in STAGES.items()}
+    return accuracy, list(results["numerics"]), weights
 
 
 @pytest.mark.slow
 def test_nasty_teacher_keeps_its_accuracy_and_poisons_its_student(digits):
-    accuracy, _ = digits
+    accuracy, _, _ = digits
     assert abs(accuracy["nasty"] - accuracy["teacher"]) <= 1.5
     assert accuracy["from_nasty"] <= accuracy["from_normal"] - 10.0
     assert accuracy["from_nasty"] <= accuracy["alone"] - 10.0
@@ -61,7 +83,7 @@ def test_nasty_teacher_keeps_its_accuracy_and_poisons_its_student(digits):
 
 @pytest.mark.slow
 def test_digits_chain_gives_the_numbers_measured_for_this_fingerprint(digits):
-    accuracy, fingerprints = digits
+    accuracy, fingerprints, _ = digits
     assert len(fingerprints) == 1, f"the runs were trained under several fingerprints: {fingerprints}"
     expected = MEASURED.get(fingerprints[0])
     if expected is None:
@@ -69,6 +91,24 @@ def test_digits_chain_gives_the_numbers_measured_for_this_fingerprint(digits):
                     f"has them for: {'; '.join(MEASURED)}. The effect was checked. To add this "
                     f"machine: {json.dumps({r: round(a, 2) for r, a in accuracy.items()})}")
     assert {role: round(acc, 2) for role, acc in accuracy.items()} == expected
+
+
+@pytest.mark.slow
+def test_digits_chain_gives_the_weights_measured_for_this_fingerprint(digits):
+    _, fingerprints, weights = digits
+    expected = MEASURED_WEIGHTS.get(fingerprints[0]) if len(fingerprints) == 1 else None
+    if expected is None:
+        pytest.skip(f"no measured weights for this machine ({fingerprints}); to add it: "
+                    f"{json.dumps(weights)}")
+    assert weights == expected
+
+
+def test_the_weight_digest_sees_one_changed_bit(tmp_path):
+    state = {"w": torch.arange(4.0), "b": torch.zeros(2)}
+    torch.save({"state_dict": state}, tmp_path / "a.tar")
+    state["w"][3] = torch.nextafter(state["w"][3], torch.tensor(9.0))
+    torch.save({"state_dict": state}, tmp_path / "b.tar")
+    assert weights_digest(tmp_path / "a.tar") != weights_digest(tmp_path / "b.tar")
 
 
 def test_readme_reports_the_measured_numbers_with_their_fingerprints():

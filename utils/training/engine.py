@@ -325,7 +325,7 @@ def fit(run, resume=None):
 
 
 def run_fingerprint(run):
-    """The numerics fingerprint of this run's process (see utils.provenance), as one line."""
+    """The numerics fingerprint of this run's process (see utils.base.provenance), as one line."""
     return fingerprint_text(numerics(run.device, run.world.size))
 
 

@@ -6,7 +6,7 @@
 Every loss term of the method is recorded as `train_<name>` in metrics.jsonl and as `train/<name>`
 in tensorboard; training.log has the lines the method names (the original's for scratch, nasty
 and kd). metrics.jsonl has one JSON object per finished epoch (with the numerics fingerprint of the
-process that trained it, see utils/provenance.py); on resume, lines of epochs after
+process that trained it, see utils/base/provenance.py); on resume, lines of epochs after
 the checkpoint are dropped so the file always describes the run that the checkpoints continue.
 """
 import json
