@@ -108,7 +108,7 @@ def against_params(params, name):
 def pick_temperature(args, params):
     if args.temperature is not None:
         return args.temperature
-    value = getattr(params, "temperature", None)
+    value = params.as_dict().get("temperature")  # also as given in a file of another method
     if value is None:
         return DEFAULT_TEMPERATURE
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:

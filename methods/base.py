@@ -99,14 +99,22 @@ _DEFENCES: Dict[str, Defence] = {}
 
 
 def register_defence(defence):
+    """Add `defence` to the table; a key name means one thing across all defences."""
     if defence.name in _DEFENCES:
         raise ValueError(f"defence {defence.name!r} is registered twice")
+    for other in _DEFENCES.values():
+        for key in defence.keys:
+            twin = next((k for k in other.keys if k.name == key.name), None)
+            if twin is not None and twin != key:
+                raise ValueError(f"key {key.name!r} of defence {defence.name!r} differs from "
+                                 f"defence {other.name!r}'s; share one Key row")
     _DEFENCES[defence.name] = defence
     return defence
 
 
 def defence_names():
-    return list(_DEFENCES)
+    """The defences in table order (their ranks)."""
+    return [d.name for d in sorted(_DEFENCES.values(), key=lambda d: d.rank)]
 
 
 def get_defence(name):
@@ -114,8 +122,10 @@ def get_defence(name):
 
 
 def _known_defence(value):
+    # lower() as the schema's one_of: 'SPARSE' still finds 'sparse'
+    names = defence_names()
     return None if value in _DEFENCES else (
-        f"is not a known teacher output{did_you_mean(value, _DEFENCES)}, valid: {', '.join(_DEFENCES)}")
+        f"is not a known teacher output{did_you_mean(value.lower(), names)}, valid: {', '.join(names)}")
 
 
 NO_DEFENCE = register_defence(Defence(
@@ -171,6 +181,7 @@ class Method:
     setting: Optional[Callable] = None  # setting(params) -> "T=4, alpha=0.9": tells runs apart
     temperature: Optional[Callable] = None  # temperature(params) -> T of the soft outputs it uses
     made_split: Optional[Callable] = None  # made_split(run folder) -> the Split it trained on, or None
+    defence_after: Optional[str] = None  # the key after which the defence keys come (None: last)
 
     @property
     def script_file(self):
@@ -178,8 +189,13 @@ class Method:
 
     @property
     def all_keys(self):
-        """Its own keys and, for a defended student, the defence keys."""
-        return self.keys + ((TEACHER_OUTPUT, *defence_keys()) if self.defended else ())
+        """Its own keys and, for a defended student, the defence keys (after `defence_after`:
+        the order in which defaults are filled in, so the order of training.log's lines)."""
+        if not self.defended:
+            return self.keys
+        names = [key.name for key in self.keys]
+        at = names.index(self.defence_after) + 1 if self.defence_after else len(names)
+        return self.keys[:at] + (TEACHER_OUTPUT, *defence_keys()) + self.keys[at:]
 
     def defence(self, params):
         """The defence its teacher answers through (None: not a defended student)."""
@@ -199,11 +215,9 @@ class Method:
 
     def problems(self, values, num_classes):
         """Problems across keys (the schema checked each key alone): its own check, its defence's."""
-        found = list(self.check(values)) if self.check else []
         defence = _DEFENCES.get(values.get(TEACHER_OUTPUT.name)) if self.defended else None
-        if defence and defence.check and num_classes:
-            found += defence.check(values, num_classes)
-        return found
+        found = defence.check(values, num_classes) if defence and defence.check and num_classes else []
+        return found + (list(self.check(values)) if self.check else [])
 
 
 _METHODS: Dict[str, Method] = {}

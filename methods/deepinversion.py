@@ -366,5 +366,5 @@ register(Method(
     keys=(TEMPERATURE, *TEACHER_KEYS, ALPHA, *KEYS),
     terms=("ce", "kl"),
     log_lines=(("loss", "Train loss"), ("ce", "Train CE loss"), ("kl", "Train KD (KL) loss")),
-    check=check, train_split=synthetic_split, rank=30, setting=distillation_setting,
+    check=check, train_split=synthetic_split, rank=30, defence_after="alpha", setting=distillation_setting,
     temperature=lambda params: params.temperature, made_split=made_split))

@@ -171,5 +171,5 @@ register(Method(
               "epoch > kd_delay, 0-based, as the authors' code)", bounds(low=0))),
     terms=("ce", "kl", "ce_loc", "self_kl", "ce_aux"),
     log_lines=(("loss", "Train loss"), ("ce", "Train CE loss"), ("kl", "Train KD (KL) loss")),
-    check=check_skeptical, rank=10, setting=distillation_setting,
+    check=check_skeptical, rank=10, defence_after="alpha", setting=distillation_setting,
     temperature=lambda params: params.temperature))

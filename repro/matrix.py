@@ -11,7 +11,7 @@ this module names none of them. Each cell is the mean ± std of the best accurac
 to the same network trained alone; each row also holds the accuracy of the teacher it learns from.
 A tree whose students are all plain KD from logits has only the paper's table (repro/report.py).
 """
-from methods.base import Role
+from methods.base import NO_DEFENCE, Role
 
 from .tables import (
     MISSING,
@@ -32,9 +32,7 @@ def defence_of(student, by_name):
     if teacher.method.role == Role.DEFENDED_TEACHER:
         return ((teacher.method.rank, teacher.method.table_label(teacher.params)), teacher.name,
                 teacher.parent)
-    defence = student.method.defence(student.params)
-    if defence is None:  # a student that reads no defence: its teacher's own outputs
-        return (0, "normal"), teacher.name, teacher.name
+    defence = student.method.defence(student.params) or NO_DEFENCE  # none read: the own outputs
     return (defence.rank, defence.row_label(student.params)), teacher.name, teacher.name
 
 

@@ -1,11 +1,19 @@
 """Test setup: the repository root on sys.path, and the shared fixture folder."""
+import os
 import sys
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_NUM_THREADS" not in os.environ:
+    # one pytest-xdist worker per core: each worker, and every script it starts, one intra-op
+    # thread, so that the workers do not oversubscribe the cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 
 def pytest_configure(config):

@@ -83,8 +83,9 @@ def test_a_failure_with_jobs_skips_only_its_dependents(tmp_path):
     assert outcomes[("a_kd_nasty/student", 1)].message == "needs b_nasty/teacher [seed 1], which failed"
 
 
-def test_the_live_line_shows_every_running_stage():
+def test_the_live_line_shows_every_running_stage(monkeypatch):
     import io
+    monkeypatch.setenv("COLUMNS", "200")  # the line is cut to the terminal's width
 
     def fake_run(label):
         method = type("M", (), {"name": "scratch"})

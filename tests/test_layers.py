@@ -66,12 +66,20 @@ def resolve(module, path, node, modules):
     return found
 
 
+def discovered(module, path, modules):
+    """A package that imports its modules by discovery (pkgutil over __path__: nets/, methods/,
+    utils/data/) imports every module of its folder."""
+    if path.name != "__init__.py" or "iter_modules(__path__)" not in path.read_text():
+        return set()
+    return {m for m in modules if m.rsplit(".", 1)[0] == module and m != module}
+
+
 def import_graph():
     modules = project_modules()
     graph = {}
     for module, path in modules.items():
         tree = ast.parse(path.read_text(), str(path))
-        graph[module] = set()
+        graph[module] = discovered(module, path, modules)
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 graph[module] |= resolve(module, path, node, modules) - {module}
@@ -143,6 +151,11 @@ def test_a_benchmark_importing_a_test_helper_is_caught():
     node = ast.parse("from configs import write_config").body[0]
     assert resolve("bench.throughput", ROOT / "bench/throughput.py", node,
                    {"tests.configs"}) == {"tests.configs"}
+
+
+def test_a_discovering_package_imports_its_modules():
+    assert {"methods.kd", "methods.stingy"} <= import_graph()["methods"]
+    assert "nets.resnet" in import_graph()["nets"]
 
 
 def test_imports_inside_functions_count():

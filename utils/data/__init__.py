@@ -8,6 +8,7 @@ files in the real formats (for tests and benchmarks without the real data).
 import importlib
 import pkgutil
 
+NOT_DATA_SETS = ("fixtures",)  # writes test files (and needs PIL): imported by tests and bench only
 for _module in pkgutil.iter_modules(__path__):
-    if not _module.name.startswith("_"):
+    if not _module.name.startswith("_") and _module.name not in NOT_DATA_SETS:
         importlib.import_module(f"{__name__}.{_module.name}")

@@ -6,7 +6,7 @@
         for images, labels in train_loader: ...
 
 A split costs its uint8 size in device memory; each batch is gathered, augmented with
-batched tensor operations (see utils/augment.py) and converted to normalised float there.
+batched tensor operations (see utils/data/augment.py) and converted to normalised float there.
 The same code runs on CPU and CUDA, and draws its random numbers on the CPU, so both see
 identical batches for the same seed.
 """

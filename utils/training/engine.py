@@ -39,7 +39,7 @@ from utils.training.cli import (
     stopped_by,
 )
 from utils.training.device import seed_everything, select_device
-from utils.training.evaluation import evaluate  # noqa: F401 (the epoch's evaluation; re-exported)
+from utils.training.evaluation import evaluate
 from utils.training.logs import attach_log_file, setup_logging
 from utils.training.networks import build_network, load_frozen, make_optimizer
 from utils.training.params import check_set_keys, load_params

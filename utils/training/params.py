@@ -160,12 +160,11 @@ def _check_keys(values, method, table, evaluating=False):
     """(typed values, problems) of the keys: unknown, mistyped, out of range, missing."""
     typed, problems = {}, []
     known, own = all_keys(table), {key.name: key for key in keys_of(method)}
-    named = values.get("method")
-    if isinstance(named, str) and named not in table.names():
-        problems.append(f"method = {show(named)} is not a known method"
-                        f"{did_you_mean(named, table.names())}, valid: {', '.join(table.names())}")
     for name, value in values.items():
-        if name not in known:
+        if name == "method" and isinstance(value, str) and value not in table.names():
+            problems.append(f"method = {show(value)} is not a known method"
+                            f"{did_you_mean(value, table.names())}, valid: {', '.join(table.names())}")
+        elif name not in known:
             problems.append(f"unknown key {name!r}{did_you_mean(name, known)}")
         elif name not in own:
             typed[name] = value          # another method's key: the original reuses files

@@ -74,4 +74,5 @@ def maybe_compile(model, enabled):
         return torch.compile(model)
     except RuntimeError as error:  # raised at once where this PyTorch cannot compile on this Python
         raise ConfigError(f"compile: 1: {error}; set compile to 0, or install a PyTorch whose "
-                          "torch.compile supports this Python (see README, Install)") from None
+                          "torch.compile supports this Python (docs/workflow.md, Which PyTorch)"
+                          ) from None
