@@ -98,16 +98,22 @@ class Defence:
 _DEFENCES: Dict[str, Defence] = {}
 
 
+def check_one_row_per_key(kind, entry, others):
+    """A key name means one thing: `entry` (a method or defence) may share a key with `others`
+    only as the same Key row."""
+    for other in others:
+        for key in entry.keys:
+            twin = next((k for k in other.keys if k.name == key.name), None)
+            if twin is not None and twin != key:
+                raise ValueError(f"key {key.name!r} of {kind} {entry.name!r} differs from "
+                                 f"{kind} {other.name!r}'s; share one Key row")
+
+
 def register_defence(defence):
     """Add `defence` to the table; a key name means one thing across all defences."""
     if defence.name in _DEFENCES:
         raise ValueError(f"defence {defence.name!r} is registered twice")
-    for other in _DEFENCES.values():
-        for key in defence.keys:
-            twin = next((k for k in other.keys if k.name == key.name), None)
-            if twin is not None and twin != key:
-                raise ValueError(f"key {key.name!r} of defence {defence.name!r} differs from "
-                                 f"defence {other.name!r}'s; share one Key row")
+    check_one_row_per_key("defence", defence, _DEFENCES.values())
     _DEFENCES[defence.name] = defence
     return defence
 
@@ -241,12 +247,7 @@ def _check_entry(method):
 def register(method):
     """Add `method` to the table; refuses a clash that would make a config mean two things."""
     _check_entry(method)
-    for other in _METHODS.values():
-        for key in method.keys:
-            twin = next((k for k in other.keys if k.name == key.name), None)
-            if twin is not None and twin != key:
-                raise ValueError(f"key {key.name!r} of method {method.name!r} differs from "
-                                 f"method {other.name!r}'s; share one Key row")
+    check_one_row_per_key("method", method, _METHODS.values())
     _METHODS[method.name] = method
     return method
 

@@ -296,3 +296,12 @@ def test_the_heat_map_is_drawn(tmp_path):
     with Image.open(tmp_path / "tree" / "attacks_net_net4ch.png") as image:
         assert image.size[0] > 200
     assert "![attacks_net_net4ch](attacks_net_net4ch.png)" in render(results)
+
+
+def test_a_defence_key_means_one_thing():
+    from methods.base import Defence, register_defence
+    from methods.stingy import SPARSE_RATIO
+    other = SPARSE_RATIO._replace(default=0.5)
+    with pytest.raises(ValueError, match="key 'sparse_ratio' of defence 'twin' differs from defence "
+                                         "'sparse''s; share one Key row"):
+        register_defence(Defence("twin", "", lambda logits, params: logits, keys=(other,)))
