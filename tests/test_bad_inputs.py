@@ -3,8 +3,6 @@
 Exit 2: usage and configuration errors; exit 1: runtime errors (checkpoints, data, divergence).
 """
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import configs
@@ -12,6 +10,7 @@ import pytest
 import torch
 from configs import TINY8, write_config
 from conftest import ROOT
+from forkrun import Command, run_scripts
 
 import nets
 from utils.base.checkpoint import save_checkpoint
@@ -118,26 +117,36 @@ CASE_IDS = [case[0] for case in _cases({k: Path("x") for k in ("root", "teacher"
                                                                 "cifar", "corrupt")})]
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory, files):
+    """Every case run by its real script, each in a process of its own (tests/forkrun.py):
+    [(the process's result, its run folder, the folder's files before)]."""
+    # a dead proxy: the CIFAR download fails at once, on any machine
+    env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
+    base, commands, folders = tmp_path_factory.mktemp("cases"), [], []
+    for index, (name, script, params, extra, code, text) in enumerate(_cases(files)):
+        run = base / str(index) / "run"
+        run.mkdir(parents=True)
+        if isinstance(params, dict):
+            write_config(run, params)
+        elif isinstance(params, str):
+            (run / "params.json").write_text(params)
+        (run / "training.log").write_text("an earlier run\n")
+        before = {p.name: p.read_bytes() for p in run.iterdir()}  # a lock file left behind would show
+        args = [] if extra[:1] == ["--no-save-path"] else ["--save_path", str(run)]
+        commands.append(Command(ROOT / script, [*args, *[a for a in extra if a != "--no-save-path"]],
+                                env=env))
+        folders.append((run, before))
+    done = run_scripts(commands, base / "output")
+    return [(result, run, before) for result, (run, before) in zip(done, folders)]
+
+
 @pytest.mark.parametrize("index", range(len(CASE_IDS)), ids=CASE_IDS)
-def test_bad_input_gives_one_line_and_touches_nothing(tmp_path, files, index):
+def test_bad_input_gives_one_line_and_touches_nothing(outcomes, files, index):
     name, script, params, extra, code, text = _cases(files)[index]
     if name == "CUDA requested without CUDA" and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    run = tmp_path / "run"
-    run.mkdir()
-    if isinstance(params, dict):
-        write_config(run, params)
-    elif isinstance(params, str):
-        (run / "params.json").write_text(params)
-    (run / "training.log").write_text("an earlier run\n")
-    before = {p.name: p.read_bytes() for p in run.iterdir()}  # a lock file left behind would show
-    args = [] if extra[:1] == ["--no-save-path"] else ["--save_path", str(run)]
-    # a dead proxy: the CIFAR download fails at once, on any machine
-    env = {**os.environ, "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}
-    result = subprocess.run([sys.executable, str(ROOT / script), *args,
-                             *[a for a in extra if a != "--no-save-path"]],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    result, run, before = outcomes[index]
     lines = result.stderr.strip().splitlines()
     assert result.returncode == code, result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.stderr

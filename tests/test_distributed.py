@@ -341,17 +341,18 @@ def test_sharded_evaluation_is_exact_accuracy_of_the_checkpoint(chain):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("first, second", [(2, 1), (1, 2)])
-def test_resume_across_world_sizes(tmp_path, first, second):
+def test_resume_across_world_sizes(tmp_path):
+    """Two ranks, then one, then two again: each run resumes the other's checkpoint (2 -> 1 and
+    1 -> 2 in one chain of three launches)."""
     folder = write_config(tmp_path / "run", NET, num_epochs=1)
     launch = lambda n, *extra: (_single("train_scratch.py", folder, *extra) if n == 1
                                 else _torchrun("train_scratch.py", folder, *extra))
-    launch(first)
-    write_config(folder, NET, num_epochs=2)
-    launch(second, "--resume", "auto")
-    assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1, 2]
-    assert "Resumed from" in (folder / "training.log").read_text()
-    assert load_checkpoint(folder / "last_model.tar")["epoch"] == 2
+    for epochs, processes in ((1, 2), (2, 1), (3, 2)):
+        write_config(folder, NET, num_epochs=epochs)
+        launch(processes, *(("--resume", "auto") if epochs > 1 else ()))
+        assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == list(range(1, epochs + 1))
+        assert load_checkpoint(folder / "last_model.tar")["epoch"] == epochs
+    assert (folder / "training.log").read_text().count("Resumed from") == 2
 
 
 def _rank_pid(folder, rank):
