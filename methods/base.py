@@ -32,6 +32,12 @@ class Role(Word):
     STUDENT = "student strategy"              # learns from a frozen teacher
 
 
+class Access(Word):
+    """What a student strategy needs of its teacher: the threat model of the matrix's column."""
+    OUTPUTS = "outputs"                       # what an API answers: a defence of the outputs applies
+    WEIGHTS = "weights"                       # the network itself (features, gradients): white-box
+
+
 # keys several methods share: one row each, so the schema has one meaning per name
 TEMPERATURE = Key("temperature", FLOAT, REQUIRED, "softmax temperature of the soft labels",
                   bounds(low=0, low_open=True))
@@ -55,11 +61,13 @@ class Objective(torch.nn.Module):
 
 class AgainstFrozen(Objective):
     """A loss of the trained network's logits against one frozen network's (constants), which
-    `transform` (a teacher defence, say) may change first."""
+    `transform` (a teacher defence, say) may change first; `per_step(step)` gives the loss's
+    arguments that change during training (a warm-up factor, say)."""
 
-    def __init__(self, role, network, loss, transform=None, **hyper):
+    def __init__(self, role, network, loss, transform=None, per_step=None, **hyper):
         super().__init__({role: network})
         self.role, self.loss, self.transform, self.hyper = role, loss, transform, hyper
+        self.per_step = per_step
 
     def frozen_logits(self, images):
         with torch.inference_mode():
@@ -69,7 +77,8 @@ class AgainstFrozen(Objective):
     def forward(self, model, images, labels, step):
         frozen_logits = self.frozen_logits(images)
         logits = model(images)
-        return logits, self.loss(logits, frozen_logits, labels, **self.hyper)
+        hyper = {**self.hyper, **self.per_step(step)} if self.per_step else self.hyper
+        return logits, self.loss(logits, frozen_logits, labels, **hyper)
 
 
 class Frozen(NamedTuple):
@@ -188,6 +197,10 @@ class Method:
     temperature: Optional[Callable] = None  # temperature(params) -> T of the soft outputs it uses
     made_split: Optional[Callable] = None  # made_split(run folder) -> the Split it trained on, or None
     defence_after: Optional[str] = None  # the key after which the defence keys come (None: last)
+    # a student alone that the defences are judged against (the matrix's reference column and
+    # its verdicts); never taken for "the same network trained alone"
+    reference: bool = False
+    access: Optional[Access] = None  # a student strategy: what it needs of its teacher
 
     @property
     def script_file(self):
@@ -223,7 +236,16 @@ class Method:
         """Problems across keys (the schema checked each key alone): its own check, its defence's."""
         defence = _DEFENCES.get(values.get(TEACHER_OUTPUT.name)) if self.defended else None
         found = defence.check(values, num_classes) if defence and defence.check and num_classes else []
-        return found + (list(self.check(values)) if self.check else [])
+        return found + self.undefended(values) + (list(self.check(values)) if self.check else [])
+
+    def undefended(self, values):
+        """A defence asked of a student that reads nothing it acts on: a problem, not ignored."""
+        asked = values.get(TEACHER_OUTPUT.name, NO_DEFENCE.name)
+        if self.role != Role.STUDENT or self.defended or asked == NO_DEFENCE.name:
+            return []
+        return [f"teacher_output = {asked!r} does not apply to method {self.name!r}: it reads the "
+                f"teacher's {self.access or 'network'}, not the outputs a defence changes; "
+                f"remove the key"]
 
 
 _METHODS: Dict[str, Method] = {}

@@ -28,7 +28,7 @@ from utils.base.schema import FLAG, FLOAT, INT, Key, bounds
 from utils.data.loader import epoch_seed
 from utils.data.registry import DATASETS, Split
 
-from .base import TEMPERATURE, Method, register
+from .base import TEMPERATURE, Access, Method, register
 from .kd import ALPHA, STUDENT, TEACHER_KEYS, build, distillation_setting
 
 # DeepInversion (Yin et al., "Dreaming to Distill", CVPR 2020): a training set synthesised from a
@@ -361,7 +361,10 @@ def made_split(folder):
 
 
 register(Method(
-    name="deepinversion", script="kd", build=build, **STUDENT,
+    name="deepinversion", script="kd", build=build,
+    # the synthesis reads the teacher's batch-norm statistics and input gradients: white-box;
+    # the distillation reads its outputs through the run's defence
+    **{**STUDENT, "access": Access.WEIGHTS},
     summary="data-free distillation: kd on images synthesised from the teacher (DeepInversion)",
     keys=(TEMPERATURE, *TEACHER_KEYS, ALPHA, *KEYS),
     terms=("ce", "kl"),

@@ -14,13 +14,24 @@ import torch.nn.functional as F
 from utils.base.schema import FLOAT, MODEL, REQUIRED, STR, Key, bounds
 from utils.training.evaluation import evaluate
 
-from .base import TEMPERATURE, AgainstFrozen, Frozen, Method, Role, defended_logits, register
+from .base import (
+    TEMPERATURE,
+    Access,
+    AgainstFrozen,
+    Frozen,
+    Method,
+    Role,
+    defended_logits,
+    register,
+)
 
 TEACHER_KEYS = (
     Key("teacher_model", MODEL, REQUIRED, "the network the student distils from"),
     Key("teacher_resume", STR, REQUIRED, "checkpoint of the teacher"))
 ALPHA = Key("alpha", FLOAT, REQUIRED, "weight of the distillation term against the hard labels",
             bounds(low=0, high=1))
+# the students of the feature and decoupled methods weight their cross-entropy apart
+CE_WEIGHT = Key("ce_weight", FLOAT, 1.0, "weight of the cross-entropy with the labels", bounds(low=0))
 TEACHER_NETWORK = Frozen("teacher", "teacher_model", "teacher_resume")
 
 
@@ -64,9 +75,11 @@ def distillation_setting(params):
     return f"T={params.temperature:g}, alpha={params.alpha:g}"
 
 
-# what every student strategy declares alike: a frozen teacher read through the run's defence
+# what every student strategy declares alike: a frozen teacher whose outputs it reads through the
+# run's defence (a white-box strategy sets access=Access.WEIGHTS and, if no defence applies to
+# what it reads, defended=False)
 STUDENT = dict(role=Role.STUDENT, frozen=(TEACHER_NETWORK,), defended=True,
-               on_start=log_teacher_accuracy)
+               access=Access.OUTPUTS, on_start=log_teacher_accuracy)
 
 register(Method(
     name="kd", script="kd", build=build, **STUDENT,

@@ -25,6 +25,7 @@ from utils.base.schema import INT, Key, bounds
 from utils.data.registry import DATASETS
 
 from .base import TEMPERATURE, AgainstFrozen, Method, register
+from .feature_kd import student_shapes
 from .kd import ALPHA, STUDENT, TEACHER_KEYS, distillation_setting, soft_kl, teacher_defence
 
 
@@ -114,14 +115,6 @@ def taps_for(name, shapes, input_size=32):
         return generic_taps(shapes)
     # the authors pool 5x5 on their 32x32 inputs; on other sizes: a global average, as theirs means
     return [t if input_size == 32 else t._replace(pool=0) for t in MOBILENETV2_TAPS]
-
-
-def student_shapes(values):
-    """The stage output shapes of the student network of a config."""
-    required, optional = nets.model_options(values["model_name"])
-    options = {k: values[k] for k in required + optional if values.get(k) is not None}
-    dataset = DATASETS[values["dataset"]]
-    return nets.stage_shapes(values["model_name"], dataset.num_classes, dataset.input_size, **options)
 
 
 class Skeptical(AgainstFrozen):

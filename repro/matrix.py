@@ -1,15 +1,21 @@
 """The defence x attack table: per normal teacher and student network, a row per teacher defence
-(normal, nasty, stingy, reverse, ...) and a column per student strategy (alone, kd, skeptical,
-hard_label, ...), as `reproduce.py experiments/DigitsAttacks` writes it into results.md,
-results.json and `attacks_<teacher>_<student>.png`.
+(normal, nasty, stingy, reverse, ...) and a column per student strategy (alone, the reference,
+kd, dkd, skeptical, fitnet, ...), as `reproduce.py experiments/DigitsAttacks` writes it into
+results.md, results.json and `attacks_<teacher>_<student>.png`.
 
 A student's row is its teacher's defence: a defended teacher (a stage of a method whose role is
 "defended teacher") by its method's label; a normal teacher by the defence the student reads it
 through (the method table's `Defence`: its row label, e.g. "stingy (sparse 0.2)"). Its column is
-its method's label. Rows and columns are ordered by the ranks the methods and defences declare;
-this module names none of them. Each cell is the mean ± std of the best accuracies over the seeds, and its difference
-to the same network trained alone; each row also holds the accuracy of the teacher it learns from.
-A tree whose students are all plain KD from logits has only the paper's table (repro/report.py).
+its method's label and its threat model (the `access` it declares: the teacher's outputs or its
+weights). A defence of the outputs does not apply to a strategy that reads no defended outputs
+(fitnet, attention transfer): those cells say so. Rows and columns are ordered by the ranks the
+methods and defences declare; this module names none of them.
+
+Each cell is the mean ± std of the best accuracies over the seeds, its difference to the same
+network trained alone and, where the tree has it, to the reference student (the method that
+declares `reference`: a student alone with label smoothing), with a verdict (VERDICT_RULE). Each
+row also holds the accuracy of the teacher it learns from. A tree whose students are all plain KD
+from logits has only the paper's table (repro/report.py).
 """
 from methods.base import NO_DEFENCE, Role
 
@@ -22,86 +28,175 @@ from .tables import (
     is_paper_student,
     model_key,
     model_label,
+    reference_stage,
 )
+
+HOLDS, FAILS = "holds", "does not hold"
+VERDICT_RULE = ("the defence holds against a strategy when that strategy's student from the "
+                "defended teacher is below the reference student (label smoothing) by more than "
+                "the seeds' spread: mean(cell) < mean(reference) - (std(cell) + std(reference)), "
+                "sample stds over the seeds; with fewer than 2 seeds on either side there is no "
+                "verdict, nor in the row of the undefended teacher")
+NOT_APPLIED = "n/a: reads weights"
+
+
+def verdict(entry, reference):
+    """HOLDS, FAILS, or None (no reference, or fewer than 2 seeds on either side)."""
+    acc, ref = entry["acc"], reference["acc"] if reference else None
+    if not acc or not ref or acc["std"] is None or ref["std"] is None:
+        return None
+    return HOLDS if acc["mean"] < ref["mean"] - (acc["std"] + ref["std"]) else FAILS
 
 
 def defence_of(student, by_name):
     """((rank, row label), name of the teacher stage whose accuracy the row shows, normal
-    teacher's name)."""
+    teacher's name, whether the row is a defence of the outputs alone)."""
     teacher = by_name[student.parent]
     if teacher.method.role == Role.DEFENDED_TEACHER:
         return ((teacher.method.rank, teacher.method.table_label(teacher.params)), teacher.name,
-                teacher.parent)
+                teacher.parent, False)
     defence = student.method.defence(student.params) or NO_DEFENCE  # none read: the own outputs
-    return (defence.rank, defence.row_label(student.params)), teacher.name, teacher.name
+    return ((defence.rank, defence.row_label(student.params)), teacher.name, teacher.name,
+            defence is not NO_DEFENCE)
+
+
+def column_of(student):
+    method = student.method
+    return ((method.rank, method.table_label(student.params)),
+            {"access": method.access, "defended": method.defended})
 
 
 def find_matrices(stages):
-    """[{teacher, student label, alone, strategies, rows: [(defence, teacher stage, {strategy:
-    stage})]}] for trees with more than the paper's students; [] otherwise."""
+    """[{teacher, student label, alone, reference, strategies, columns: {strategy: {access,
+    defended}}, rows: [(defence, teacher stage, {strategy: stage}, outputs only)]}] for trees
+    with more than the paper's students; [] otherwise."""
     by_name = {s.name: s for s in stages}
     students = [s for s in stages if s.method.role == Role.STUDENT and s.parent in by_name]
     if all(is_paper_student(s) for s in students):
         return []
     found = {}
     for student in students:
-        defence, teacher, normal = defence_of(student, by_name)
+        defence, teacher, normal, outputs_only = defence_of(student, by_name)
         if normal is None or by_name[normal].method.role != Role.TEACHER:
             continue
         entry = found.setdefault((normal, model_key(student)), {
-            "teacher": normal, "student": model_label(student), "rows": {},
-            "alone": alone_stage(stages, student, by_name[normal])})
-        row = entry["rows"].setdefault(defence, {"teacher": teacher, "cells": {}})
-        column = (student.method.rank, student.method.table_label(student.params))
+            "teacher": normal, "student": model_label(student), "rows": {}, "columns": {},
+            "alone": alone_stage(stages, student, by_name[normal]),
+            "reference": reference_stage(stages, student)})
+        row = entry["rows"].setdefault(defence, {"teacher": teacher, "cells": {},
+                                                 "outputs_only": outputs_only})
+        column, declared = column_of(student)
+        entry["columns"][column] = declared
         row["cells"].setdefault(column, student.name)
     matrices = []
     for entry in found.values():
-        columns = sorted({c for row in entry["rows"].values() for c in row["cells"]})
-        rows = [(label, row["teacher"], {c[1]: name for c, name in row["cells"].items()})
-                for (_, label), row in sorted(entry["rows"].items())]
-        strategies = [label for _, label in columns]
-        matrices.append({**entry, "strategies": strategies, "rows": rows})
+        reference = by_name.get(entry["reference"])
+        entry["reference_label"] = (reference.method.table_label(reference.params)
+                                    if reference else None)
+        columns = sorted(entry["columns"])
+        rows = [(label, row["teacher"], {c[1]: name for c, name in row["cells"].items()},
+                 row["outputs_only"]) for (_, label), row in sorted(entry["rows"].items())]
+        matrices.append({**entry, "strategies": [label for _, label in columns],
+                         "columns": {c[1]: entry["columns"][c] for c in columns}, "rows": rows})
     return matrices
+
+
+def strategy_cell(stages, name, matrix, reference, applies, defended):
+    """A cell: cell()'s numbers, the difference to the reference and, in a row of a defence, the
+    verdict; or, where the row's defence does not act on what the strategy reads, only that."""
+    if not applies:
+        return {"stage": None, "acc": None, "delta": None, "applies": False}
+    entry = cell(stages, name, matrix["alone"])
+    ref = reference["acc"] if reference else None
+    entry["delta_reference"] = (entry["acc"]["mean"] - ref["mean"]
+                                if entry["acc"] and ref else None)
+    entry["verdict"] = verdict(entry, reference) if defended else None
+    return {**entry, "applies": True}
 
 
 def matrix_record(matrix, stages):
     """The numbers of one matrix (results.json), from collect()'s per-stage records."""
     normal = matrix["teacher"]
+    reference = cell(stages, matrix["reference"], matrix["alone"]) if matrix["reference"] else None
+    rows = []
+    for label, teacher, cells, outputs_only in matrix["rows"]:
+        defended = outputs_only or teacher != normal  # the undefended row gets no verdict
+        row_cells = {m: strategy_cell(stages, cells.get(m), matrix, reference,
+                                      matrix["columns"][m]["defended"] or not outputs_only, defended)
+                     for m in matrix["strategies"]}
+        rows.append({"defence": label, "outputs_only": outputs_only, "cells": row_cells,
+                     "teacher": cell(stages, teacher, None if teacher == normal else normal)})
     return {"teacher": normal, "teacher_model": stages[normal]["model"],
             "student": matrix["student"], "alone": cell(stages, matrix["alone"]),
+            "reference": reference, "reference_label": matrix["reference_label"],
+            "verdict_rule": VERDICT_RULE if reference else None,
             "strategies": matrix["strategies"],
-            "rows": [{"defence": label, "teacher": cell(stages, teacher, None if teacher == normal
-                                                        else normal),
-                      "cells": {m: cell(stages, cells.get(m), matrix["alone"])
-                                for m in matrix["strategies"]}}
-                     for label, teacher, cells in matrix["rows"]],
-            "figures": []}
+            "access": {m: str(c["access"]) for m, c in matrix["columns"].items()},
+            "rows": rows, "figures": []}
+
+
+def render_cell(entry, expected):
+    if not entry["applies"]:
+        return NOT_APPLIED
+    if not entry["stage"]:
+        return MISSING
+    text = fmt(entry["acc"], expected)
+    deltas = [f"{d:+.2f}" for d in (entry["delta"], entry.get("delta_reference")) if d is not None]
+    text += f" ({' / '.join(deltas)})" if deltas else ""
+    return text + (f" **{entry['verdict']}**" if entry.get("verdict") else "")
 
 
 def render_matrix(record, seeds):
     expected = len(seeds or [None])
-    strategies = record["strategies"]
+    strategies, reference = record["strategies"], record["reference"]
+    headers = ["alone"] + ([record["reference_label"]] if reference else []) + [
+        f"{m} [{record['access'][m]}]" for m in strategies]
     lines = [f"## Defences × student strategies: teacher {record['teacher_model']} "
              f"(`{record['teacher']}`), student {record['student']}", "",
-             "| Teacher defence | Teacher accuracy | alone | " + " | ".join(strategies) + " |",
-             "| --- | --- | --- |" + " --- |" * len(strategies)]
-    alone = fmt(record["alone"]["acc"], expected)
+             "| Teacher defence | Teacher accuracy | " + " | ".join(headers) + " |",
+             "| --- | --- |" + " --- |" * len(headers)]
+    fixed = [fmt(record["alone"]["acc"], expected)] + (
+        [fmt_cell(reference, expected)] if reference else [])
     for row in record["rows"]:
-        cells = [fmt_cell(row["cells"][m], expected) if row["cells"][m]["stage"] else MISSING
-                 for m in strategies]
-        lines.append(f"| {row['defence']} | {fmt_cell(row['teacher'], expected)} | {alone} | "
-                     + " | ".join(cells) + " |")
+        cells = [render_cell(row["cells"][m], expected) for m in strategies]
+        lines.append(f"| {row['defence']} | {fmt_cell(row['teacher'], expected)} | "
+                     + " | ".join(fixed + cells) + " |")
+    second = " / minus the reference student" if reference else ""
     lines += ["", "Teacher accuracy: of the teacher the row's students learn from (in parentheses: "
               "minus the normal teacher's). A cell: the student's accuracy and, in parentheses, "
-              "minus the same network trained alone.", ""]
+              f"minus the same network trained alone{second}. In brackets, what the strategy "
+              f"needs of the teacher: its outputs (what an API answers) or its weights "
+              f"(white-box); '{NOT_APPLIED}': the row's defence changes only the outputs, which "
+              f"that strategy does not read.", ""]
+    if reference:
+        lines += [f"Verdict: {VERDICT_RULE}.", ""]
     lines += [f"![{name.rsplit('.', 1)[0]}]({name})" for name in record["figures"]]
     return lines + ([""] if record["figures"] else [])
 
 
+def heat_value(entry):
+    """What a heat-map cell shows: the difference to the reference, else to the student alone."""
+    if entry.get("delta_reference") is not None:
+        return entry["delta_reference"]
+    return entry["delta"]
+
+
+def cell_text(entry):
+    if not entry["applies"]:
+        return "n/a\n(weights)"
+    if entry["acc"] is None:
+        return MISSING
+    text = f"{entry['acc']['mean']:.1f}"
+    if heat_value(entry) is not None:
+        text += f"\n({heat_value(entry):+.1f})"
+    return text + ("\nholds" if entry.get("verdict") == HOLDS else "")
+
+
 def draw_matrix(plt, path, record):
-    """Heat map of the differences to the student alone (red: the defence costs the student)."""
+    """Heat map of the differences to the reference student, or to the student alone without one
+    (red: the defence costs the student); grey: no run, or a defence that does not apply."""
     rows, strategies = record["rows"], record["strategies"]
-    deltas = [[row["cells"][m]["delta"] for m in strategies] for row in rows]
+    deltas = [[heat_value(row["cells"][m]) for m in strategies] for row in rows]
     bound = max([abs(d) for line in deltas for d in line if d is not None] + [1.0])
     figure, axis = plt.subplots(figsize=(1.9 * len(strategies) + 2.5, 0.8 * len(rows) + 1.6))
     colours = plt.get_cmap("RdBu").with_extremes(bad="0.85")  # no run: grey, not "no difference"
@@ -109,20 +204,19 @@ def draw_matrix(plt, path, record):
     image = axis.imshow(values, cmap=colours, vmin=-bound, vmax=bound, aspect="auto")
     for i, row in enumerate(rows):
         for j, strategy in enumerate(strategies):
-            entry = row["cells"][strategy]
-            text = MISSING if entry["acc"] is None else f"{entry['acc']['mean']:.1f}"
-            if entry["delta"] is not None:
-                text += f"\n({entry['delta']:+.1f})"
-            strong = entry["delta"] is not None and abs(entry["delta"]) > 0.6 * bound
-            axis.text(j, i, text, ha="center", va="center", fontsize=8,
-                      color="white" if strong else "black")
-    axis.set_xticks(range(len(strategies)), strategies, fontsize=8)
+            delta = heat_value(row["cells"][strategy])
+            strong = delta is not None and abs(delta) > 0.6 * bound
+            axis.text(j, i, cell_text(row["cells"][strategy]), ha="center", va="center",
+                      fontsize=8, color="white" if strong else "black")
+    axis.set_xticks(range(len(strategies)),
+                    [f"{m}\n[{record['access'][m]}]" for m in strategies], fontsize=8)
     axis.set_yticks(range(len(rows)), [row["defence"] for row in rows], fontsize=8)
-    alone = record["alone"]["acc"]
-    alone_text = f", {alone['mean']:.1f}" if alone else ""
+    base = record["reference"] or record["alone"]
+    base_name = record["reference_label"] if record["reference"] else "alone"
+    base_text = f", {base['acc']['mean']:.1f}" if base and base["acc"] else ""
     axis.set_title(f"student {record['student']} from teacher {record['teacher_model']}: accuracy "
-                   f"(difference to alone{alone_text})", fontsize=9)
-    figure.colorbar(image, ax=axis, label="accuracy minus alone (points)")
+                   f"(difference to {base_name}{base_text})", fontsize=9)
+    figure.colorbar(image, ax=axis, label=f"accuracy minus {base_name} (points)")
     figure.tight_layout()
     figure.savefig(path, dpi=80)
     plt.close(figure)

@@ -35,9 +35,17 @@ def is_paper_student(stage):
 def alone_stage(stages, student, teacher):
     """The scratch run of the student's network: the one in a folder of the student's folder name
     (baseline/cnn for kd_normal_resnet18/cnn) first, then one that is not this group's teacher."""
-    same = [s for s in stages if s.method.role == Role.TEACHER and model_key(s) == model_key(student)]
+    same = [s for s in stages if s.method.role == Role.TEACHER and not s.method.reference
+            and model_key(s) == model_key(student)]
     leaf = student.name.rsplit("/", 1)[-1]
     same.sort(key=lambda s: (s.name.rsplit("/", 1)[-1] != leaf, teacher is not None and s is teacher))
+    return same[0].name if same else None
+
+
+def reference_stage(stages, student):
+    """The run of the student's network by the method that declares itself the reference (a
+    student alone with label smoothing), or None."""
+    same = [s for s in stages if s.method.reference and model_key(s) == model_key(student)]
     return same[0].name if same else None
 
 

@@ -14,6 +14,12 @@ from repro.progress import Progress
 from repro.runner import Outcome
 from utils.base.checkpoint import save_checkpoint
 
+# folders of the follow-up papers' configs below a tree of experiments/ (experiments/FOLLOWUPS.md),
+# beside the original release's 60 files; and the per-seed and per-sweep runs reproduce.py writes
+FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_", "datafree_", "dkd_", "fitnet_", "at_",
+                      "label_smoothing_")
+GENERATED_PREFIXES = ("seed_", "sweep_")
+
 TINY = {"model_name": "net", "num_channels": 4, "dropout_rate": 0.0, "learning_rate": 1e-3,
         "schedule": [999], "gamma": 0.1, "batch_size": 128, "num_epochs": 1, "num_workers": 0,
         "augmentation": 1, "cuda": 0, "dataset": "digits"}

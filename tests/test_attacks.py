@@ -19,6 +19,7 @@ from methods.kd import kd_loss
 from methods.reverse import reverse_logits
 from methods.skeptical import Head, Tap, generic_taps, skeptical_loss, taps_for
 from methods.stingy import sparse_logits
+from repro.matrix import VERDICT_RULE, verdict
 from utils.base.checkpoint import load_checkpoint
 from utils.base.errors import ConfigError
 from utils.training.tracking import read_metrics
@@ -243,19 +244,26 @@ def _attacks_tree(root, base):
     students = {"normal/kd": ("kd", "normal", {}), "normal/skeptical": ("skeptical", "normal", {}),
                 "nasty/kd": ("kd", "nasty", {}), "nasty/skeptical": ("skeptical", "nasty", {}),
                 "stingy/kd": ("kd", "normal", {"teacher_output": "sparse", "sparse_ratio": 0.2}),
-                "reverse/hard_label": ("hard_label", "normal", {"teacher_output": "reverse"})}
+                "reverse/hard_label": ("hard_label", "normal", {"teacher_output": "reverse"}),
+                "stingy/dkd": ("dkd", "normal", {"teacher_output": "sparse", "sparse_ratio": 0.2}),
+                "normal/fitnet": ("fitnet", "normal", {}), "nasty/at": ("at", "nasty", {})}
+    write_config(root / "z_base" / "student_ls", method="label_smoothing")
     for folder, (method, teacher, extra) in students.items():
         values = {**KD, "method": method, **extra,
                   "teacher_resume": (root / ref[teacher] / "best_model.tar").relative_to(base).as_posix()}
-        if method == "hard_label":
+        if method in ("hard_label", "fitnet", "at"):
             values = {k: v for k, v in values.items() if k not in ("temperature", "alpha")}
+        if method == "dkd":
+            del values["alpha"]
         write_config(root / folder, **values)
     return root
 
 
 ATTACK_ACCURACY = {"z_base/teacher": 95.0, "z_base/student": 90.0, "b_nasty/teacher": 94.0,
                    "normal/kd": 92.0, "normal/skeptical": 93.0, "nasty/kd": 60.0,
-                   "nasty/skeptical": 85.0, "stingy/kd": 70.0, "reverse/hard_label": 89.0}
+                   "nasty/skeptical": 85.0, "stingy/kd": 70.0, "reverse/hard_label": 89.0,
+                   "z_base/student_ls": 91.0, "stingy/dkd": 80.0, "normal/fitnet": 93.0,
+                   "nasty/at": 88.0}
 
 
 def test_the_matrix_has_a_row_per_defence_and_a_column_per_strategy(tmp_path):
@@ -270,13 +278,36 @@ def test_the_matrix_has_a_row_per_defence_and_a_column_per_strategy(tmp_path):
     assert len(results["matrices"]) == 1  # beside the paper's table of the plain KD students
     assert [s["label"] for s in results["groups"][0]["students"]] == ["net (4 ch.)"]
     text = render(results)
-    assert ("| Teacher defence | Teacher accuracy | alone | kd | skeptical | hard_label |") in text
-    assert ("| normal | 96.00 ± 1.41 | 91.00 ± 1.41 | 93.00 ± 1.41 (+2.00) | 94.00 ± 1.41 (+3.00) | — |"
-            in text)
-    assert ("| nasty | 95.00 ± 1.41 (-1.00) | 91.00 ± 1.41 | 61.00 ± 1.41 (-30.00) | "
-            "86.00 ± 1.41 (-5.00) | — |") in text
-    assert "| stingy (sparse 0.2) | 96.00 ± 1.41 | 91.00 ± 1.41 | 71.00 ± 1.41 (-20.00) | — | — |" in text
-    assert "| reverse | 96.00 ± 1.41 | 91.00 ± 1.41 | — | — | 90.00 ± 1.41 (-1.00) |" in text
+    assert ("| Teacher defence | Teacher accuracy | alone | label smoothing (0.1) | kd [outputs] | "
+            "dkd [outputs] | skeptical [outputs] | hard_label [outputs] | fitnet [weights] | "
+            "attention transfer [weights] |") in text
+    fixed = "91.00 ± 1.41 | 92.00 ± 1.41 (+1.00)"  # alone; the reference and its gain on alone
+    no, holds = "**does not hold**", "**holds**"
+    # the undefended teacher's row: the numbers, no verdict
+    assert ("| normal | 96.00 ± 1.41 | 91.00 ± 1.41 | 92.00 ± 1.41 (+1.00) | 93.00 ± 1.41 (+2.00 / +1.00) "
+            "| — | 94.00 ± 1.41 (+3.00 / +2.00) | — | 94.00 ± 1.41 (+3.00 / +2.00) | — |") in text
+    # 89 < 92 - (1.41 + 1.41): the nasty teacher holds against attention transfer, just
+    assert (f"| nasty | 95.00 ± 1.41 (-1.00) | {fixed} | 61.00 ± 1.41 (-30.00 / -31.00) {holds} | — | "
+            f"86.00 ± 1.41 (-5.00 / -6.00) {holds} | — | — | 89.00 ± 1.41 (-2.00 / -3.00) {holds} |"
+            ) in text
+    # an output defence and a strategy that reads features: not applied, and said so
+    assert (f"| stingy (sparse 0.2) | 96.00 ± 1.41 | {fixed} | 71.00 ± 1.41 (-20.00 / -21.00) {holds} "
+            f"| 81.00 ± 1.41 (-10.00 / -11.00) {holds} | — | — | n/a: reads weights | "
+            f"n/a: reads weights |") in text
+    assert (f"| reverse | 96.00 ± 1.41 | {fixed} | — | — | — | 90.00 ± 1.41 (-1.00 / -2.00) {no} | "
+            f"n/a: reads weights | n/a: reads weights |") in text
+    assert f"Verdict: {VERDICT_RULE}." in text
+    record = results["matrices"][0]
+    assert record["verdict_rule"] == VERDICT_RULE and record["reference"]["stage"] == "z_base/student_ls"
+    assert record["alone"]["stage"] == "z_base/student"  # the reference is not "alone"
+    assert record["access"] == {"kd": "outputs", "dkd": "outputs", "skeptical": "outputs",
+                                "hard_label": "outputs", "fitnet": "weights",
+                                "attention transfer": "weights"}
+    assert record["rows"][0]["cells"]["kd"]["verdict"] is None
+    nasty_at = record["rows"][1]["cells"]["attention transfer"]
+    assert nasty_at["verdict"] == "holds" and nasty_at["delta_reference"] == pytest.approx(-3.0)
+    assert record["rows"][2]["cells"]["fitnet"] == {"stage": None, "acc": None, "delta": None,
+                                                    "applies": False}
     rows = [row["defence"] for row in results["matrices"][0]["rows"]]
     assert rows == ["normal", "nasty", "stingy (sparse 0.2)", "reverse"]
 
@@ -305,3 +336,15 @@ def test_a_defence_key_means_one_thing():
     with pytest.raises(ValueError, match="key 'sparse_ratio' of defence 'twin' differs from defence "
                                          "'sparse''s; share one Key row"):
         register_defence(Defence("twin", "", lambda logits, params: logits, keys=(other,)))
+
+
+def test_a_verdict_needs_two_seeds_on_each_side():
+    def entry(*values):
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else None
+        return {"acc": {"mean": mean, "std": std, "n": len(values), "values": list(values)}}
+    reference = entry(90.0, 92.0)               # 91 ± 1.41
+    assert verdict(entry(86.0, 88.0), reference) == "holds"          # 87 < 91 - 2.83
+    assert verdict(entry(89.0, 90.0), reference) == "does not hold"  # 89.5 > 91 - 2.12
+    assert verdict(entry(80.0), reference) is None                   # one seed: no spread
+    assert verdict(entry(80.0, 81.0), None) is None                  # no reference in the tree

@@ -110,6 +110,13 @@ def _cases(f):
          "leaves a last training batch of 1 image"),
         ("unknown flag", "train_scratch.py", _params(), ["--learning_rate", "0.1"], 2,
          "unrecognized arguments: --learning_rate 0.1"),
+        ("output defence for a white-box student", "train_kd.py",
+         {**GOOD, "method": "at", "teacher_model": "net", "teacher_resume": str(f["teacher"]),
+          "teacher_output": "sparse"}, [], 2,
+         "teacher_output = 'sparse' does not apply to method 'at': it reads the teacher's weights"),
+        ("feature student of a teacher without maps", "train_kd.py",
+         {**GOOD, "method": "fitnet", "teacher_model": "mlp", "teacher_resume": str(f["mlp"])}, [], 2,
+         "method 'fitnet' needs convolutional stage outputs (C x H x W); the teacher 'mlp' has [(512,)"),
     ]
 
 

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+from configs import FOLLOW_UP_PREFIXES, GENERATED_PREFIXES
 
 import methods
 import nets  # noqa: F401  (registers every network name the checks look up)
@@ -13,10 +14,6 @@ from utils.training.params import COMMON, all_keys, describe, evaluation_params
 
 EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
 ALL_CONFIGS = sorted(EXPERIMENTS.rglob("params.json"))
-# folders of the follow-up papers' configs (experiments/FOLLOWUPS.md), beside the original's
-FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_", "datafree_")
-# per-seed and per-sweep runs that reproduce.py writes below a stage
-GENERATED_PREFIXES = ("seed_", "sweep_")
 
 
 def _is_original(file):
@@ -455,7 +452,8 @@ def test_schema_rows_are_complete_and_unique():
         assert key.why and key.kind
     # one row shared by every method with soft labels (registration order: the original's three,
     # then the other modules of methods/ alphabetically)
-    assert methods.base.method_keys()["temperature"][1] == ["nasty", "kd", "deepinversion", "skeptical"]
+    assert methods.base.method_keys()["temperature"][1] == ["nasty", "kd", "deepinversion", "dkd",
+                                                            "skeptical"]
 
 
 def test_params_from_dict_and_describe():

@@ -1,6 +1,7 @@
 """The project's own promises: CI runs the README's test command; the layout users expect."""
 import re
 
+from configs import FOLLOW_UP_PREFIXES, GENERATED_PREFIXES
 from conftest import ROOT
 
 
@@ -33,10 +34,6 @@ def test_requirements_name_what_the_project_imports():
 
 
 EXPERIMENTS = ROOT / "experiments"
-# the follow-up papers' configs (experiments/FOLLOWUPS.md): stingy teacher, skeptical student,
-# data-free (DeepInversion) student
-FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_", "datafree_")
-GENERATED_PREFIXES = ("seed_", "sweep_")  # reproduce.py's per-seed and per-sweep runs
 
 
 def _folders(file):
@@ -83,6 +80,31 @@ def test_experiments_are_byte_identical_to_the_published_ones_when_the_reference
 STINGY_RATIO = {"cifar10": 0.2, "cifar100": 0.1}  # HowieMa/stingy-teacher's configs
 
 
+# megvii-research/mdistiller and HobbitLong/RepDistiller on CIFAR-100 for MobileNetV2 and ShuffleNet
+# students: SGD, 240 epochs, lr 0.01, x0.1 at epochs 150, 180 and 210, batch 64; and each method's
+# own defaults (DKD: alpha 1, beta 8, T 4, warm-up 20; FitNet: hint weight 100; AT: p 2, weight 1000)
+THEIR_RECIPE = {"learning_rate": 0.01, "schedule": [150, 180, 210], "gamma": 0.1, "batch_size": 64,
+                "num_epochs": 240}
+THEIR_SETTINGS = {"dkd": {"temperature": 4, "dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_warmup": 20},
+                  "fitnet": {"hint_stage": 1, "hint_weight": 100.0}, "at": {"at_p": 2.0, "at_weight": 1000.0}}
+
+
+def _check_their_recipe(params, group, file):
+    import json
+    method, row = group.split("_")[:2]
+    values = params.as_dict()
+    assert params.method == method and params.teacher_model == "resnet18", file
+    assert {k: values[k] for k in THEIR_RECIPE} == THEIR_RECIPE, file
+    assert {k: values[k] for k in THEIR_SETTINGS[method]} == THEIR_SETTINGS[method], file
+    assert values["ce_weight"] == 1.0, file
+    teacher = {"normal": "baseline/resnet18", "stingy": "baseline/resnet18",
+               "nasty": "kd_nasty_resnet18/nasty_resnet18"}[row]
+    assert params.teacher_resume == f"experiments/CIFAR100/{teacher}/best_model.tar", file
+    raw = json.loads(file.read_text())
+    assert (raw.get("teacher_output"), raw.get("sparse_ratio")) == (
+        ("sparse", 0.1) if row == "stingy" else (None, None)), file
+
+
 def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
     import json
 
@@ -101,10 +123,21 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
         "CIFAR10/skeptical_nasty_resnet18": ["mobilenetv2", "resnet18", "resnet50"],
         "CIFAR100/skeptical_nasty_resnet18": ["mobilenetv2", "resnet18", "resnet50"],
         "CIFAR100/skeptical_nasty_resnet50": ["mobilenetv2", "resnet18", "resnet50"],
-        "CIFAR10/datafree_normal_resnet18": ["resnet18"], "CIFAR10/datafree_nasty_resnet18": ["resnet18"]}
+        "CIFAR10/datafree_normal_resnet18": ["resnet18"], "CIFAR10/datafree_nasty_resnet18": ["resnet18"],
+        **{f"CIFAR100/{method}_{row}_resnet18": ["mobilenetv2", "shufflenetv2"]
+           for method, rows in (("dkd", ("normal", "nasty", "stingy")), ("fitnet", ("normal", "nasty")),
+                                ("at", ("normal", "nasty"))) for row in rows},
+        "CIFAR100/label_smoothing_alone": ["mobilenetv2", "shufflenetv2"]}
     for file in follow_ups:
         params = load_params(file.parent)
         tree, group = _folders(file)[:2]
+        if group == "label_smoothing_alone":  # the reference: the tree's student recipe, smoothed
+            baseline = load_params(EXPERIMENTS / tree / "baseline" / file.parent.name).as_dict()
+            assert params.as_dict() == {**baseline, "method": "label_smoothing",
+                                        "label_smoothing": 0.1}, file
+            continue
+        if group.startswith(("dkd_", "fitnet_", "at_")):
+            _check_their_recipe(params, group, file)
         resume = params.teacher_resume
         # a stage of its own tree: experiments/<tree>/<group>/<net>/best_model.tar, with a config
         assert resume.startswith(f"experiments/{tree}/"), file
@@ -115,6 +148,8 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
         teacher_config = json.loads((teacher.parent / "params.json").read_text())
         assert teacher_config["model_name"] == params.teacher_model, file
         assert teacher_config["dataset"] == params.dataset, file
+        if group.startswith(("dkd_", "fitnet_", "at_")):
+            continue
         if group.startswith("kd_stingy_"):
             assert params.method == "kd" and "adversarial_resume" not in teacher_config, file
             assert resume == f"experiments/{tree}/baseline/{params.teacher_model}/best_model.tar"

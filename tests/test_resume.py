@@ -162,6 +162,26 @@ def test_skeptical_run_resumes_bitwise_with_its_heads(tmp_path, teacher):
     assert not torch.equal(heads["heads.1.fc.weight"], straight["objective_state_dict"]["heads.1.fc.weight"])
 
 
+@pytest.mark.slow
+def test_fitnet_run_resumes_bitwise_with_its_regressor(tmp_path, teacher):
+    config = {**TINY, "method": "fitnet", "teacher_model": "net", "teacher_resume": teacher}
+    straight, middle, _ = _straight_and_resumed(tmp_path, "kd", config, 2, 1)
+    regressor = middle["objective_state_dict"]
+    assert regressor and all(k.startswith("regressor.") for k in regressor)
+    assert not torch.equal(regressor["regressor.0.weight"],
+                           straight["objective_state_dict"]["regressor.0.weight"])
+
+
+@pytest.mark.slow
+def test_dkd_run_resumes_bitwise_inside_its_warm_up(tmp_path, teacher):
+    # warm-up over 3 epochs, resumed after the first: the factor is a function of the epoch
+    config = {**TINY, "method": "dkd", "teacher_model": "net", "teacher_resume": teacher,
+              "temperature": 4, "dkd_warmup": 3}
+    _straight_and_resumed(tmp_path, "kd", config, 2, 1)
+    assert [r["train_warmup"] for r in _rows(tmp_path / "resumed")] == [pytest.approx(1 / 3),
+                                                                        pytest.approx(2 / 3)]
+
+
 FP16 = {**TINY, "amp": "fp16", "batch_size": 64}
 FP16_STEPS = -(-1438 // 64)  # optimizer steps an epoch on the digits training split
 
