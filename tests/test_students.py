@@ -19,6 +19,7 @@ from methods.dkd import dkd_loss, warmup_factor
 from methods.feature_kd import relative_stage, stage_pairs
 from methods.fitnet import fitnet_loss, regressor
 from methods.label_smoothing import smoothed_ce_loss
+from methods.reverse import reverse_logits
 from utils.base.checkpoint import load_checkpoint, save_checkpoint
 from utils.base.errors import ConfigError
 from utils.training.step import Step
@@ -318,3 +319,21 @@ def test_the_cifar100_configs_pair_their_networks():
         _, terms = objective(student, images, labels, Step(0, 0, 1))
         terms["loss"].backward()
         assert torch.isfinite(terms["loss"]), folder
+
+
+def test_dkd_reads_the_teachers_logits_through_the_runs_defence():
+    torch.manual_seed(0)
+    teacher = nets.build_model("net", 10, input_size=32, num_channels=4, dropout_rate=0.0).eval()
+    student = nets.build_model("net", 10, input_size=32, num_channels=4, dropout_rate=0.0).eval()
+    params = params_from_dict({**TINY, "method": "dkd", "teacher_model": "net", "teacher_resume": "t.tar",
+                               "temperature": 4, "dkd_warmup": 4, "teacher_output": "reverse"})
+    objective = params.method_entry.build(params, {"teacher": teacher})
+    images, labels = torch.randn(6, 3, 32, 32), torch.arange(6)
+    _, terms = objective(student, images, labels, Step(epoch=1, step=0, steps=1))
+    with torch.no_grad():
+        expected = dkd_loss(student(images), reverse_logits(teacher(images)), labels, 4.0, 1.0, 8.0,
+                            0.5, 1.0)  # epoch 1 (0-based) of a 4-epoch warm-up: 2 / 4
+        raw = dkd_loss(student(images), teacher(images), labels, 4.0, 1.0, 8.0, 0.5, 1.0)
+    for name in ("loss", "tckd", "nckd", "warmup"):
+        assert terms[name].item() == pytest.approx(expected[name].item(), rel=1e-5), name
+    assert terms["nckd"].item() != pytest.approx(raw["nckd"].item(), rel=1e-3)  # the defence acted
