@@ -505,6 +505,26 @@ def test_tiny_split_without_images_is_a_data_error(tmp_path, train):
 
 # ----------------------------------------------------------------------------- digits
 
+def test_digits_arrays_are_load_digits_read_without_importing_scikit_learn():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from sklearn.datasets import load_digits
+
+    from utils.data.digits import bundled_digits_file, load_digits_arrays
+    reference = load_digits()
+    images, labels = load_digits_arrays()
+    assert bundled_digits_file() is not None  # the file itself is read, not the fallback
+    assert images.dtype == reference.images.dtype and np.array_equal(images, reference.images)
+    assert labels.dtype == reference.target.dtype and np.array_equal(labels, reference.target)
+    probe = ("import sys; from utils.data.digits import read_digits; read_digits(True); "
+             "print('sklearn' in sys.modules)")
+    shown = subprocess.run([sys.executable, "-c", probe], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert shown.stdout.strip() == "False", shown.stderr
+
+
 def test_digits_split_is_stratified_disjoint_and_complete():
     from sklearn.datasets import load_digits
 
