@@ -6,6 +6,7 @@ import pytest
 import torch
 from configs import KD, NASTY, TINY8, write_config
 from conftest import ROOT
+from forkrun import Command, run_scripts
 
 import nets
 import train_kd
@@ -157,9 +158,8 @@ def test_teacher_of_another_architecture_is_refused(tmp_path, cifar_chain):
     assert not (student / "best_model.tar").exists()
 
 
-@pytest.mark.slow
-def test_help_fits_one_screen():
-    for name in ("train_scratch.py", "train_nasty.py", "train_kd.py"):
-        result = _script(name, "--help")
+def test_help_fits_one_screen(tmp_path):
+    names = ("train_scratch.py", "train_nasty.py", "train_kd.py")
+    for result in run_scripts([Command(ROOT / name, ["--help"]) for name in names], tmp_path):
         assert result.returncode == 0 and "--save_path" in result.stdout and "--resume" in result.stdout
         assert len(result.stdout.splitlines()) <= 40

@@ -118,6 +118,8 @@ def test_label_smoothing_loss_by_hand():
     out = smoothed_ce_loss(torch.tensor([logits]), torch.tensor([label]), eps)
     assert out["loss"].item() == pytest.approx(smoothed, rel=1e-6)
     assert out["ce"].item() == pytest.approx(_ce(logits, label), rel=1e-6)
+    plain = smoothed_ce_loss(torch.tensor([logits]), torch.tensor([label]), 0.0)
+    assert plain["loss"].item() == pytest.approx(_ce(logits, label), rel=1e-6)
 
 
 def test_label_smoothing_is_the_reference_student_alone():
@@ -249,7 +251,7 @@ def _run(folder, teacher, **values):
     return read_metrics(folder / "metrics.jsonl"), load_checkpoint(folder / "last_model.tar")
 
 
-STRATEGIES = {"dkd": {"temperature": 4, "dkd_warmup": 2, "num_epochs": 3},
+STRATEGIES = {"dkd": {"temperature": 4, "dkd_warmup": 2, "num_epochs": 2},
               "fitnet": {"hint_stage": 1}, "at": {}}
 
 
@@ -271,7 +273,7 @@ def test_the_strategy_learns_from_its_teacher(tmp_path, teachers, method):
                      "fitnet": ["train_ce", "train_hint", "train_loss"],
                      "at": ["train_attention", "train_ce", "train_loss"]}[method]
     if method == "dkd":  # the warm-up over 2 epochs, counted from 1
-        assert [row["train_warmup"] for row in rows] == [0.5, 1.0, 1.0]
+        assert [row["train_warmup"] for row in rows] == [0.5, 1.0]
         for row in rows:
             total = row["train_ce"] + row["train_warmup"] * (row["train_tckd"] + 8 * row["train_nckd"])
             assert row["train_loss"] == pytest.approx(total, rel=1e-4)
@@ -294,14 +296,11 @@ def test_the_strategy_learns_from_its_teacher(tmp_path, teachers, method):
 
 @pytest.mark.slow
 def test_label_smoothing_trains_alone_with_smoothed_targets(tmp_path):
-    runs = {}
-    for smoothing in (0.0, 0.1):
-        folder = write_config(tmp_path / str(smoothing), batch_size=256, method="label_smoothing",
-                              label_smoothing=smoothing)
-        train_scratch.main(["--save_path", str(folder)])
-        runs[smoothing] = read_metrics(folder / "metrics.jsonl")[-1]
-    assert runs[0.0]["train_smoothed_ce"] == pytest.approx(runs[0.0]["train_ce"], rel=1e-6)
-    assert runs[0.1]["train_smoothed_ce"] > runs[0.1]["train_ce"]  # smoothing costs confident fits
+    folder = write_config(tmp_path / "run", batch_size=256, method="label_smoothing")
+    train_scratch.main(["--save_path", str(folder)])
+    row = read_metrics(folder / "metrics.jsonl")[-1]
+    assert row["train_loss"] == row["train_smoothed_ce"] > row["train_ce"]  # smoothing costs fits
+    assert "label_smoothing:0.1" in (folder / "training.log").read_text()
 
 
 def test_the_cifar100_configs_pair_their_networks():
