@@ -14,11 +14,10 @@ reads the teacher's intermediate features: a defence of its outputs does not app
 """
 import torch.nn.functional as F
 
-import nets
 from utils.base.schema import FLOAT, Key, bounds
 
-from .base import Access, Method, Objective, register
-from .feature_kd import need_maps, network_shapes, stage_pairs, student_shapes, teacher_features
+from .base import Access, Method, register
+from .feature_kd import AgainstTeacherFeatures, stage_pairs
 from .kd import CE_WEIGHT, STUDENT, TEACHER_KEYS
 
 AT_WEIGHT = Key("at_weight", FLOAT, 1000.0, "weight of the attention-transfer term",
@@ -53,19 +52,14 @@ def at_loss(student_logits, student_stages, teacher_stages, labels, p, weight, c
     return {"loss": ce_weight * ce + weight * attention, "ce": ce, "attention": attention}
 
 
-class AttentionTransfer(Objective):
+class AttentionTransfer(AgainstTeacherFeatures):
     def __init__(self, params, teacher):
-        super().__init__({"teacher": teacher})
-        shapes = student_shapes(vars(params))
-        teacher_shapes = network_shapes(teacher, params.input_size)
-        need_maps("at", "student", params.model_name, shapes)
-        need_maps("at", "teacher", params.teacher_model, teacher_shapes)
-        self.pairs = stage_pairs(len(shapes), len(teacher_shapes))
+        super().__init__("at", params, teacher)
+        self.pairs = stage_pairs(len(self.shapes), len(self.teacher_shapes))
         self.p, self.weight, self.ce_weight = params.at_p, params.at_weight, params.ce_weight
 
     def forward(self, model, images, labels, step):
-        _, teacher_stages = teacher_features(self.frozen["teacher"], images)
-        logits, stages = nets.forward_features(model, images)
+        logits, stages, teacher_stages = self.features(model, images)
         return logits, at_loss(logits, [stages[s] for s, _ in self.pairs],
                                [teacher_stages[t] for _, t in self.pairs], labels, self.p,
                                self.weight, self.ce_weight)

@@ -72,7 +72,7 @@ def dkd_loss(student_logits, teacher_logits, labels, T, alpha, beta, warm, ce_we
     ce = F.cross_entropy(student_logits, labels)
     total = ce_weight * ce + warm * (alpha * tckd + beta * nckd)
     return {"loss": total, "ce": ce, "tckd": tckd, "nckd": nckd,
-            "warmup": student_logits.new_tensor(float(warm))}
+            "warmup": student_logits.new_full((), float(warm))}  # a fill, no host copy
 
 
 def warmup_factor(epoch, warmup):

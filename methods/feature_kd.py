@@ -13,6 +13,8 @@ import nets
 from utils.base.errors import ConfigError
 from utils.data.registry import DATASETS
 
+from .base import Objective
+
 
 def student_shapes(values):
     """The stage output shapes of the student network of a config (one sample: C x H x W or F)."""
@@ -53,8 +55,22 @@ def need_maps(method, who, name, shapes):
                           f"{who} {name!r} has {shapes}")
 
 
-def teacher_features(teacher, images):
-    """The frozen teacher's logits and stage outputs, constants (no_grad: they are compared with
-    the student's in the loss, so they must be ordinary tensors, not inference tensors)."""
-    with torch.no_grad():
-        return nets.forward_features(teacher, images)
+class AgainstTeacherFeatures(Objective):
+    """A loss of the student's stage outputs against the frozen teacher's: both networks' stage
+    shapes, checked to be maps, and both networks' stage outputs per batch."""
+
+    def __init__(self, method, params, teacher):
+        super().__init__({"teacher": teacher})
+        self.shapes = student_shapes(vars(params))
+        self.teacher_shapes = network_shapes(teacher, params.input_size)
+        need_maps(method, "student", params.model_name, self.shapes)
+        need_maps(method, "teacher", params.teacher_model, self.teacher_shapes)
+
+    def features(self, model, images):
+        """(student logits, student stage outputs, teacher stage outputs); the teacher's are
+        constants (no_grad: they meet the student's in the loss, so they must be ordinary tensors,
+        not inference tensors)."""
+        with torch.no_grad():
+            _, teacher_stages = nets.forward_features(self.frozen["teacher"], images)
+        logits, stages = nets.forward_features(model, images)
+        return logits, stages, teacher_stages

@@ -16,12 +16,11 @@ its outputs does not apply (threat model "weights").
 import torch.nn as nn
 import torch.nn.functional as F
 
-import nets
 from utils.base.errors import ConfigError
 from utils.base.schema import FLOAT, INT, Key, bounds
 
-from .base import Access, Method, Objective, register
-from .feature_kd import need_maps, network_shapes, relative_stage, student_shapes, teacher_features
+from .base import Access, Method, register
+from .feature_kd import AgainstTeacherFeatures, relative_stage
 from .kd import CE_WEIGHT, STUDENT, TEACHER_KEYS
 
 HINT_STAGE = Key("hint_stage", INT, 1, "the student's stage (0-based, shallow to deep) that learns "
@@ -56,13 +55,10 @@ def fitnet_loss(student_logits, hint, teacher_hint, labels, weight, ce_weight):
     return {"loss": ce_weight * ce + weight * mse, "ce": ce, "hint": mse}
 
 
-class FitNet(Objective):
+class FitNet(AgainstTeacherFeatures):
     def __init__(self, params, teacher):
-        super().__init__({"teacher": teacher})
-        shapes = student_shapes(vars(params))
-        teacher_shapes = network_shapes(teacher, params.input_size)
-        need_maps("fitnet", "student", params.model_name, shapes)
-        need_maps("fitnet", "teacher", params.teacher_model, teacher_shapes)
+        super().__init__("fitnet", params, teacher)
+        shapes, teacher_shapes = self.shapes, self.teacher_shapes
         if params.hint_stage >= len(shapes):
             raise ConfigError(f"hint_stage = {params.hint_stage} must be < {len(shapes)}: "
                               f"{params.model_name} has {len(shapes)} stages")
@@ -78,8 +74,7 @@ class FitNet(Objective):
         self.weight, self.ce_weight = params.hint_weight, params.ce_weight
 
     def forward(self, model, images, labels, step):
-        _, teacher_stages = teacher_features(self.frozen["teacher"], images)
-        logits, stages = nets.forward_features(model, images)
+        logits, stages, teacher_stages = self.features(model, images)
         hint = self.regressor(stages[self.stage])
         return logits, fitnet_loss(logits, hint, teacher_stages[self.teacher_stage], labels,
                                    self.weight, self.ce_weight)
