@@ -14,6 +14,7 @@ layer is handed `TABLE` (utils.training.params) and the chosen method; repro/ re
 declarations. So a method or a defence is one module here (see docs/extending.md).
 """
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -61,8 +62,8 @@ class Objective(torch.nn.Module):
 
 class AgainstFrozen(Objective):
     """A loss of the trained network's logits against one frozen network's (constants), which
-    `transform` (a teacher defence, say) may change first; `per_step(step)` gives the loss's
-    arguments that change during training (a warm-up factor, say)."""
+    `transform(images, logits)` (a teacher defence, say) may change first; `per_step(step)` gives
+    the loss's arguments that change during training (a warm-up factor, say)."""
 
     def __init__(self, role, network, loss, transform=None, per_step=None, **hyper):
         super().__init__({role: network})
@@ -72,7 +73,7 @@ class AgainstFrozen(Objective):
     def frozen_logits(self, images):
         with torch.inference_mode():
             logits = self.frozen[self.role](images)
-            return logits if self.transform is None else self.transform(logits)
+            return logits if self.transform is None else self.transform(images, logits)
 
     def forward(self, model, images, labels, step):
         frozen_logits = self.frozen_logits(images)
@@ -91,17 +92,34 @@ class Frozen(NamedTuple):
 
 @dataclass(frozen=True)
 class Defence:
-    """What a normal teacher hands out instead of its logits, selected by `teacher_output`."""
+    """What a normal teacher hands out instead of its logits, selected by `teacher_output`.
+
+    A defence of the logits alone gives `transform`; one that also reads the query (a surrogate
+    network's view of the images, MAD) gives `make(params, teacher)` -> answer(images, logits),
+    a plain callable (not a Module: what it holds is neither trained nor checkpointed).
+    What the student reads are logits or log-probabilities, read at the student's temperature.
+    """
     name: str                        # the teacher_output value
     summary: str                     # one line for the docs and the key's help
-    transform: Callable              # transform(logits, params) -> what the student reads
+    transform: Optional[Callable] = None  # transform(logits, params) -> what the student reads
     label: Callable = None           # label(params) -> its row in the defence x student table
     keys: Tuple[Key, ...] = ()       # params keys it reads; they join every defended student's
     check: Optional[Callable] = None  # check(typed values, num_classes) -> [problems]
     rank: int = 50                   # row order in the tables (the undefended teacher is 0)
+    make: Optional[Callable] = None  # make(params, teacher) -> answer(images, logits)
 
     def row_label(self, params):
         return self.label(params) if self.label else self.name
+
+    def answers(self, params, teacher):
+        """answer(images, teacher logits) -> what the student reads, for this run."""
+        if self.make is not None:
+            return self.make(params, teacher)
+        return partial(_logits_only, self.transform, params)
+
+
+def _logits_only(transform, params, images, logits):
+    return transform(logits, params)
 
 
 _DEFENCES: Dict[str, Defence] = {}
@@ -122,6 +140,8 @@ def register_defence(defence):
     """Add `defence` to the table; a key name means one thing across all defences."""
     if defence.name in _DEFENCES:
         raise ValueError(f"defence {defence.name!r} is registered twice")
+    if (defence.transform is None) == (defence.make is None):
+        raise ValueError(f"defence {defence.name!r}: give transform or make, one of them")
     check_one_row_per_key("defence", defence, _DEFENCES.values())
     _DEFENCES[defence.name] = defence
     return defence
@@ -162,8 +182,14 @@ def defence_of(params):
 
 
 def defended_logits(logits, params):
-    """A normal teacher's logits as its student's defence hands them out."""
+    """A normal teacher's logits as its student's defence hands them out (a defence of the logits
+    alone; one that reads the query is made with its teacher: teacher_answers)."""
     return defence_of(params).transform(logits, params)
+
+
+def teacher_answers(params, teacher):
+    """answer(images, logits): what the run's defence hands a student for these queries."""
+    return defence_of(params).answers(params, teacher)
 
 
 # ----------------------------------------------------------------------------- methods

@@ -7,22 +7,22 @@ run's defence (`teacher_output`: methods/stingy.py, methods/reverse.py, ...; "lo
 The teacher keys and the teacher-accuracy line are shared by every student strategy
 (methods/hard_label.py, methods/skeptical.py, methods/deepinversion.py).
 """
-from functools import partial
-
 import torch.nn.functional as F
 
 from utils.base.schema import FLOAT, MODEL, REQUIRED, STR, Key, bounds
-from utils.training.evaluation import evaluate
+from utils.training.evaluation import answered_accuracy, evaluate
+from utils.training.tracking import write_teacher_record
 
 from .base import (
+    NO_DEFENCE,
     TEMPERATURE,
     Access,
     AgainstFrozen,
     Frozen,
     Method,
     Role,
-    defended_logits,
     register,
+    teacher_answers,
 )
 
 TEACHER_KEYS = (
@@ -52,19 +52,28 @@ def kd_loss(student_logits, teacher_logits, labels, T, alpha):
 
 
 def log_teacher_accuracy(run, frozen):
-    metrics = evaluate(frozen["teacher"], run.test_loader, run.precision)
+    """The original's line of the teacher's test accuracy; for a defended student also the
+    accuracy of what the defence hands out and the share of images whose top class it keeps
+    (a defence may change it); both in the run's teacher.json, which the tables read."""
+    teacher = frozen["teacher"]
+    metrics = evaluate(teacher, run.test_loader, run.precision)
     run.log.info(f"- Teacher Model Eval metrics : acc: {metrics['acc']:05.3f} ; "
                  f"loss: {metrics['loss']:05.3f}")
-
-
-def teacher_defence(params):
-    """The teacher's logits -> what the run's defence (teacher_output) hands the student."""
-    return partial(defended_logits, params=params)
+    record = {"teacher_acc": metrics["acc"]}
+    defence = run.params.method_entry.defence(run.params)
+    if defence is not None and defence is not NO_DEFENCE:
+        answer = teacher_answers(run.params, teacher)
+        acc, kept = answered_accuracy(teacher, answer, run.test_loader, run.precision)
+        run.log.info(f"- Teacher through its defence ({defence.row_label(run.params)}) : acc: "
+                     f"{acc:05.3f} ; top class kept on {kept:.2f}% of the test images")
+        record.update(defence=defence.name, answered_acc=acc, top_class_kept=kept)
+    if run.world.is_main:
+        write_teacher_record(run.save_path, record)
 
 
 def from_teacher(params, teacher, loss, **hyper):
     """A student loss against the teacher's logits as its defence hands them out."""
-    return AgainstFrozen("teacher", teacher, loss, transform=teacher_defence(params), **hyper)
+    return AgainstFrozen("teacher", teacher, loss, transform=teacher_answers(params, teacher), **hyper)
 
 
 def build(params, frozen):

@@ -24,9 +24,9 @@ import nets
 from utils.base.schema import INT, Key, bounds
 from utils.data.registry import DATASETS
 
-from .base import TEMPERATURE, AgainstFrozen, Method, register
+from .base import TEMPERATURE, AgainstFrozen, Method, register, teacher_answers
 from .feature_kd import student_shapes
-from .kd import ALPHA, STUDENT, TEACHER_KEYS, distillation_setting, soft_kl, teacher_defence
+from .kd import ALPHA, STUDENT, TEACHER_KEYS, distillation_setting, soft_kl
 
 
 def skeptical_loss(outputs, teacher_logits, labels, T, alpha, loc, distill):
@@ -121,7 +121,7 @@ class Skeptical(AgainstFrozen):
     """The student's heads (owned, trained, checkpointed apart) and the skeptical loss."""
 
     def __init__(self, params, teacher):
-        super().__init__("teacher", teacher, skeptical_loss, transform=teacher_defence(params))
+        super().__init__("teacher", teacher, skeptical_loss, transform=teacher_answers(params, teacher))
         shapes = student_shapes(vars(params))
         self.taps = taps_for(params.model_name, shapes, params.input_size)
         self.heads = nn.ModuleList(Head(shapes[t.stage], t, params.num_classes) for t in self.taps)

@@ -50,14 +50,16 @@ def verdict(entry, reference):
 
 def defence_of(student, by_name):
     """((rank, row label), name of the teacher stage whose accuracy the row shows, normal
-    teacher's name, whether the row is a defence of the outputs alone)."""
+    teacher's name, whether the row is a defence of the outputs alone, whether the students
+    read the teacher through a defence (their teacher.json then holds its answered accuracy))."""
     teacher = by_name[student.parent]
-    if teacher.method.role == Role.DEFENDED_TEACHER:
-        return ((teacher.method.rank, teacher.method.table_label(teacher.params)), teacher.name,
-                teacher.parent, False)
     defence = student.method.defence(student.params) or NO_DEFENCE  # none read: the own outputs
-    return ((defence.rank, defence.row_label(student.params)), teacher.name, teacher.name,
-            defence is not NO_DEFENCE)
+    answered = defence is not NO_DEFENCE
+    if teacher.method.role == Role.DEFENDED_TEACHER:
+        label = teacher.method.table_label(teacher.params)
+        label += f", {defence.row_label(student.params)}" if answered else ""  # e.g. "SDB, key holder"
+        return (teacher.method.rank, label), teacher.name, teacher.parent, False, answered
+    return (defence.rank, defence.row_label(student.params)), teacher.name, teacher.name, answered, answered
 
 
 def column_of(student):
@@ -68,15 +70,15 @@ def column_of(student):
 
 def find_matrices(stages):
     """[{teacher, student label, alone, reference, strategies, columns: {strategy: {access,
-    defended}}, rows: [(defence, teacher stage, {strategy: stage}, outputs only)]}] for trees
-    with more than the paper's students; [] otherwise."""
+    defended}}, rows: [(defence, teacher stage, {strategy: stage}, outputs only, answered)]}] for
+    trees with more than the paper's students; [] otherwise."""
     by_name = {s.name: s for s in stages}
     students = [s for s in stages if s.method.role == Role.STUDENT and s.parent in by_name]
     if all(is_paper_student(s) for s in students):
         return []
     found = {}
     for student in students:
-        defence, teacher, normal, outputs_only = defence_of(student, by_name)
+        defence, teacher, normal, outputs_only, answered = defence_of(student, by_name)
         if normal is None or by_name[normal].method.role != Role.TEACHER:
             continue
         entry = found.setdefault((normal, model_key(student)), {
@@ -84,7 +86,7 @@ def find_matrices(stages):
             "alone": alone_stage(stages, student, by_name[normal]),
             "reference": reference_stage(stages, student)})
         row = entry["rows"].setdefault(defence, {"teacher": teacher, "cells": {},
-                                                 "outputs_only": outputs_only})
+                                                 "outputs_only": outputs_only, "answered": answered})
         column, declared = column_of(student)
         entry["columns"][column] = declared
         row["cells"].setdefault(column, student.name)
@@ -95,7 +97,7 @@ def find_matrices(stages):
                                     if reference else None)
         columns = sorted(entry["columns"])
         rows = [(label, row["teacher"], {c[1]: name for c, name in row["cells"].items()},
-                 row["outputs_only"]) for (_, label), row in sorted(entry["rows"].items())]
+                 row["outputs_only"], row["answered"]) for (_, label), row in sorted(entry["rows"].items())]
         matrices.append({**entry, "strategies": [label for _, label in columns],
                          "columns": {c[1]: entry["columns"][c] for c in columns}, "rows": rows})
     return matrices
@@ -114,18 +116,32 @@ def strategy_cell(stages, name, matrix, reference, applies, defended):
     return {**entry, "applies": True}
 
 
+def answered_teacher(stages, cells, normal, teacher):
+    """The teacher of a row whose students read it through a defence, as the defence answers (the
+    top class of what it hands out), as the row's students measured it (their teacher.json), minus
+    the normal teacher's accuracy; the teacher stage's own before any student has started."""
+    base = stages[normal]["best_acc"]
+    for name in cells.values():
+        answered = stages[name].get("answered_acc") if name else None
+        if answered:
+            return {"stage": teacher, "acc": answered, "top_class_kept": stages[name]["top_class_kept"],
+                    "delta": answered["mean"] - base["mean"] if base else None}
+    return cell(stages, teacher, None if teacher == normal else normal)
+
+
 def matrix_record(matrix, stages):
     """The numbers of one matrix (results.json), from collect()'s per-stage records."""
     normal = matrix["teacher"]
     reference = cell(stages, matrix["reference"], matrix["alone"]) if matrix["reference"] else None
     rows = []
-    for label, teacher, cells, outputs_only in matrix["rows"]:
+    for label, teacher, cells, outputs_only, answered in matrix["rows"]:
         defended = outputs_only or teacher != normal  # the undefended row gets no verdict
         row_cells = {m: strategy_cell(stages, cells.get(m), matrix, reference,
                                       matrix["columns"][m]["defended"] or not outputs_only, defended)
                      for m in matrix["strategies"]}
-        rows.append({"defence": label, "outputs_only": outputs_only, "cells": row_cells,
-                     "teacher": cell(stages, teacher, None if teacher == normal else normal)})
+        own = (answered_teacher(stages, cells, normal, teacher) if answered
+               else cell(stages, teacher, None if teacher == normal else normal))
+        rows.append({"defence": label, "outputs_only": outputs_only, "cells": row_cells, "teacher": own})
     return {"teacher": normal, "teacher_model": stages[normal]["model"],
             "student": matrix["student"], "alone": cell(stages, matrix["alone"]),
             "reference": reference, "reference_label": matrix["reference_label"],
@@ -159,11 +175,14 @@ def render_matrix(record, seeds):
         [fmt_cell(reference, expected)] if reference else [])
     for row in record["rows"]:
         cells = [render_cell(row["cells"][m], expected) for m in strategies]
-        lines.append(f"| {row['defence']} | {fmt_cell(row['teacher'], expected)} | "
+        lines.append(f"| {row['defence']} | {teacher_text(row['teacher'], expected)} | "
                      + " | ".join(fixed + cells) + " |")
     second = " / minus the reference student" if reference else ""
     lines += ["", "Teacher accuracy: of the teacher the row's students learn from (in parentheses: "
-              "minus the normal teacher's). A cell: the student's accuracy and, in parentheses, "
+              "minus the normal teacher's); where the row's students read the teacher through a "
+              "defence of its answers, of the top class of what it hands out, as they measured it, "
+              "and on how many test images that is the teacher's own top class. A cell: the student's "
+              "accuracy and, in parentheses, "
               f"minus the same network trained alone{second}. In brackets, what the strategy "
               f"needs of the teacher: its outputs (what an API answers) or its weights "
               f"(white-box); '{NOT_APPLIED}': the row's defence changes only the outputs, which "
@@ -172,6 +191,11 @@ def render_matrix(record, seeds):
         lines += [f"Verdict: {VERDICT_RULE}.", ""]
     lines += [f"![{name.rsplit('.', 1)[0]}]({name})" for name in record["figures"]]
     return lines + ([""] if record["figures"] else [])
+
+
+def teacher_text(entry, expected):
+    kept = entry.get("top_class_kept")
+    return fmt_cell(entry, expected) + (f"; top class kept on {kept['mean']:.1f}%" if kept else "")
 
 
 def heat_value(entry):

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 
 from methods.base import Role
 from utils.base.provenance import git_commit
-from utils.training.tracking import read_metrics
+from utils.training.tracking import read_metrics, read_teacher_record
 
 from .matrix import find_matrices, matrix_record, render_matrix
 from .pipeline import RunState, run_status
@@ -60,6 +60,7 @@ def run_record(run, outcome):
     finished = outcome.state in (Result.DONE, Result.RAN) if outcome else run_status(run).state == RunState.DONE
     attempts = read_attempts(run.folder)
     last = rows[-1] if rows else {}
+    teacher = read_teacher_record(run.folder)
     return {"seed": run.stage.params.seed if run.seed is None else run.seed,
             "folder": str(run.folder),
             "state": outcome.state if outcome else (Result.DONE if finished else Result.NOT_RUN),
@@ -73,6 +74,8 @@ def run_record(run, outcome):
             "numerics_partial": any(not r.get("numerics") for r in rows) and
             any(r.get("numerics") for r in rows),
             "wall_seconds": round(sum(a.get("seconds", 0.0) for a in attempts), 1) if attempts else None,
+            "answered_acc": teacher.get("answered_acc"),  # its teacher through its defence
+            "top_class_kept": teacher.get("top_class_kept"),
             "exit_code": outcome.exit_code if outcome else None,
             "log": outcome.log if outcome else None,
             "message": outcome.message if outcome else ""}
@@ -93,7 +96,9 @@ def collect(plan, outcomes):
             "num_epochs": stage.params.num_epochs, "needs": stage.parent,
             "checkpoint": None if stage.checkpoint is None else str(stage.checkpoint),
             "temperature": stage.method.soft_temperature(stage.params), "runs": runs,
-            "best_acc": stats([r["best_acc"] for r in runs]), "params": params}
+            "best_acc": stats([r["best_acc"] for r in runs]), "params": params,
+            "answered_acc": stats([r["answered_acc"] for r in runs]),
+            "top_class_kept": stats([r["top_class_kept"] for r in runs])}
     found = find_matrices(plan.stages)
     groups = [group_record(g, stages, plan) for g in find_groups(plan.stages) if g.columns or not found]
     matrices = [matrix_record(m, stages) for m in found]

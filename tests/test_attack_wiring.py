@@ -22,6 +22,7 @@ import reproduce
 import train_kd
 import train_scratch
 from methods.base import Objective, defended_logits
+from methods.mad import MadAnswer
 from utils.base.checkpoint import load_checkpoint
 from utils.training.engine import prepare
 from utils.training.step import Step
@@ -29,9 +30,11 @@ from utils.training.tracking import read_metrics
 
 
 def defended(logits, teacher_output, sparse_ratio=1.0):
-    """The defence table's answer for these two keys (what a run with them hands out)."""
+    """The defence table's answer for these keys, the others at their defaults (what a run with
+    them hands out)."""
     return defended_logits(logits, SimpleNamespace(teacher_output=teacher_output,
-                                                   sparse_ratio=sparse_ratio))
+                                                   sparse_ratio=sparse_ratio, reverse_sigmoid_beta=1.0,
+                                                   reverse_sigmoid_gamma=0.1))
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +59,27 @@ def _teacher_logits(teacher, images):
 
 # ----------------------------------------------------------------------------- defences
 
+def _answered(raw, images, output, ratio):
+    """What the defence hands out, computed here: MAD with its own surrogate, built as the defender's
+    (the teacher's architecture from seed 0)."""
+    if output != "mad":
+        return defended(raw, output, ratio)
+    torch.manual_seed(0)
+    surrogate = nets.build_model("net", 10, num_channels=4, dropout_rate=0.0).eval()
+    with torch.no_grad():
+        return MadAnswer(surrogate, 0.5, False)(images, raw)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method,output,ratio", [
     ("kd", "logits", 1.0), ("kd", "sparse", 0.3), ("kd", "reverse", 1.0),
-    ("skeptical", "sparse", 0.2), ("skeptical", "reverse", 1.0)])
+    ("skeptical", "sparse", 0.2), ("skeptical", "reverse", 1.0), ("kd", "reverse_sigmoid", 1.0),
+    ("kd", "mad", 1.0)])
 def test_the_student_distils_from_the_defended_logits(tmp_path, teacher, monkeypatch, method, output,
                                                       ratio):
     """A real train_kd.py run: every soft target the student's KL term receives is the teacher's
-    logits on that batch, as the defence hands them out."""
+    logits on that batch, as the defence hands them out; the run measured its teacher through the
+    defence (teacher.json)."""
     seen_images, targets = [], []
     real_soft_kl = methods.kd.soft_kl
 
@@ -87,13 +103,25 @@ def test_the_student_distils_from_the_defended_logits(tmp_path, teacher, monkeyp
     assert len(seen_images) == len(targets) == steps
     for images, target in zip(seen_images, targets):
         raw = _teacher_logits(teacher, images)
-        torch.testing.assert_close(target, defended(raw, output, ratio), rtol=1e-5, atol=1e-5)
-        assert torch.equal(target.argmax(1), raw.argmax(1))  # every defence keeps the argmax
+        torch.testing.assert_close(target, _answered(raw, images, output, ratio), rtol=1e-5, atol=1e-5)
+        if output in ("logits", "sparse", "reverse"):  # these keep the argmax by construction
+            assert torch.equal(target.argmax(1), raw.argmax(1))
         if output == "sparse":  # int(ratio * 10) logits kept, the rest -inf
             assert (torch.isfinite(target).sum(1) == int(ratio * 10)).all()
         if output == "reverse":
             assert not torch.allclose(target, raw)
             torch.testing.assert_close(target.sort(1).values, raw.sort(1).values)
+    record = json.loads((folder / "teacher.json").read_text())
+    log = (folder / "training.log").read_text()
+    assert f"- Teacher Model Eval metrics : acc: {record['teacher_acc']:05.3f}" in log
+    if output == "logits":
+        assert set(record) == {"teacher_acc"}
+    else:
+        assert record["defence"] == output and 0 <= record["top_class_kept"] <= 100
+        line = f"acc: {record['answered_acc']:05.3f} ; top class kept on {record['top_class_kept']:.2f}%"
+        assert line in log
+        if output in ("sparse", "reverse"):
+            assert record["answered_acc"] == record["teacher_acc"] and record["top_class_kept"] == 100
 
 
 # ----------------------------------------------------------------------------- skeptical: loc and kd_delay
@@ -170,7 +198,7 @@ def test_kd_delay_and_loc_in_a_real_runs_logged_terms(tmp_path, teacher):
 
 STINGY = {"teacher_output": "sparse", "sparse_ratio": 0.2}
 MATRIX_STUDENTS = {f"{row}/{method}": (method, row) for row in ("normal", "nasty", "stingy")
-                   for method in ("kd", "skeptical", "hard_label")}
+                   for method in ("kd", "hard_label")}
 
 
 # a step size at which one epoch learns something, so that the cells differ; the teacher has
@@ -189,17 +217,16 @@ def _matrix_tree(root):
                   **(STINGY if row == "stingy" else {})}
         if method == "hard_label":
             values = {k: v for k, v in values.items() if k not in ("temperature", "alpha")}
-        if method == "skeptical":  # its first epoch (<= kd_delay 0) is the student alone's
-            values["num_epochs"] = 2
         write_config(root / folder, MATRIX_RUN, **values)
     return root
 
 
 @pytest.mark.slow
 def test_the_matrix_is_filled_from_real_runs(tmp_path):
-    """reproduce.py on a tree of 12 tiny digits runs (one epoch; two for the skeptical students): a
-    normal, a nasty and a stingy teacher, students kd, skeptical and hard_label of each; every
-    cell is its run's own number."""
+    """reproduce.py on a tree of 9 tiny digits runs (one epoch): a normal, a nasty and a stingy
+    teacher, students kd and hard_label of each (the other strategies' columns are filled the same
+    way: tests/test_attacks.py); every cell is its run's own number, and the stingy row's teacher
+    is what its students measured through the defence."""
     tree = _matrix_tree(tmp_path / "tree")
     reproduce.main([str(tree), "--device", "cpu", "--no-figures"])
 
@@ -209,7 +236,7 @@ def test_the_matrix_is_filled_from_real_runs(tmp_path):
     assert len(results["matrices"]) == 1
     matrix = results["matrices"][0]
     assert (matrix["teacher"], matrix["student"]) == ("z_base/teacher", "net (4 ch.)")
-    assert matrix["strategies"] == ["kd", "skeptical", "hard_label"]
+    assert matrix["strategies"] == ["kd", "hard_label"]
     alone = best("z_base/student")
     assert matrix["alone"]["stage"] == "z_base/student" and matrix["alone"]["acc"]["values"] == [alone]
     rows = {row["defence"]: row for row in matrix["rows"]}
@@ -220,8 +247,11 @@ def test_the_matrix_is_filled_from_real_runs(tmp_path):
                                  ("stingy (sparse 0.2)", "stingy", "z_base/teacher")):
         row = rows[label]
         assert row["teacher"]["stage"] == teacher and row["teacher"]["acc"]["values"] == [best(teacher)]
-        assert row["teacher"]["delta"] == (None if teacher == "z_base/teacher"
-                                           else pytest.approx(best(teacher) - normal))
+        if name == "stingy":  # through the defence, which keeps the argmax: the teacher's own number
+            assert row["teacher"]["delta"] == 0 and row["teacher"]["top_class_kept"]["values"] == [100.0]
+        else:
+            assert row["teacher"]["delta"] == (None if teacher == "z_base/teacher"
+                                               else pytest.approx(best(teacher) - normal))
         cells = []
         for method in matrix["strategies"]:
             stage = f"{name}/{method}"
@@ -232,6 +262,8 @@ def test_the_matrix_is_filled_from_real_runs(tmp_path):
         shown = f"{best(teacher):.2f}"
         if teacher != "z_base/teacher":
             shown += f" ({best(teacher) - normal:+.2f})"
+        if name == "stingy":
+            shown += " (+0.00); top class kept on 100.0%"
         line = f"| {label} | {shown} | {alone:.2f} | {' | '.join(cells)} |"
         assert line in (tree / "results.md").read_text()
     # the runs behind the cells did learn from what their row says: the stingy teacher's sparse

@@ -127,7 +127,9 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
         **{f"CIFAR100/{method}_{row}_resnet18": ["mobilenetv2", "shufflenetv2"]
            for method, rows in (("dkd", ("normal", "nasty", "stingy")), ("fitnet", ("normal", "nasty")),
                                 ("at", ("normal", "nasty"))) for row in rows},
-        "CIFAR100/label_smoothing_alone": ["mobilenetv2", "shufflenetv2"]}
+        "CIFAR100/label_smoothing_alone": ["mobilenetv2", "shufflenetv2"],
+        "CIFAR100/kd_reverse_sigmoid_resnet18": ["mobilenetv2", "shufflenetv2"],
+        "CIFAR100/kd_mad_resnet18": ["mobilenetv2", "shufflenetv2"]}
     for file in follow_ups:
         params = load_params(file.parent)
         tree, group = _folders(file)[:2]
@@ -150,7 +152,14 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
         assert teacher_config["dataset"] == params.dataset, file
         if group.startswith(("dkd_", "fitnet_", "at_")):
             continue
-        if group.startswith("kd_stingy_"):
+        if group.startswith(("kd_reverse_sigmoid_", "kd_mad_")):
+            # the answer-time defences at their authors' settings, on the tree's KD recipe
+            assert params.method == "kd" and "adversarial_resume" not in teacher_config, file
+            assert (params.temperature, params.alpha) == (20, 0.9), file
+            assert params.teacher_output == group[3:-len("_resnet18")], file
+            assert (params.reverse_sigmoid_beta, params.reverse_sigmoid_gamma, params.mad_epsilon,
+                    params.mad_argmax) == (1.0, 0.1, 0.5, 0), file
+        elif group.startswith("kd_stingy_"):
             assert params.method == "kd" and "adversarial_resume" not in teacher_config, file
             assert resume == f"experiments/{tree}/baseline/{params.teacher_model}/best_model.tar"
             assert params.teacher_output == "sparse", file

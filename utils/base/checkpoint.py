@@ -11,6 +11,7 @@ or `torch.compile` (`_orig_mod.`) wrappers load into the bare network.
 import collections
 import contextlib
 import io
+import json
 import os
 import pickle
 import pickletools
@@ -29,11 +30,21 @@ _SHOWN = 3  # keys named in a mismatch message
 
 def save_checkpoint(path, checkpoint):
     """Write `checkpoint` to `path` atomically; a failed write keeps the previous file."""
+    _write_atomically(path, lambda f: torch.save(checkpoint, f), "checkpoint")
+
+
+def save_json(path, record):
+    """Write `record` as JSON to `path` atomically (a run folder's small records)."""
+    text = (json.dumps(record, indent=2) + "\n").encode("utf-8")
+    _write_atomically(path, lambda f: f.write(text), "file")
+
+
+def _write_atomically(path, write, what):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -41,7 +52,7 @@ def save_checkpoint(path, checkpoint):
         if os.path.exists(tmp):
             os.remove(tmp)
         if isinstance(exc, OSError):
-            raise CheckpointError(f"could not write checkpoint {path}: {exc.strerror or exc}") from exc
+            raise CheckpointError(f"could not write {what} {path}: {exc.strerror or exc}") from exc
         raise
     _fsync_folder(folder)
 

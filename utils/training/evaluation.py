@@ -43,6 +43,21 @@ def _evaluate(model, loader):
 
 
 @torch.inference_mode()
+def answered_accuracy(network, answer, loader, precision=None):
+    """(accuracy in percent of answer(images, logits), the outputs a defence hands out for the
+    network's logits; percent of images whose top class the answer keeps), over the whole split."""
+    network.eval()
+    counts = torch.zeros(2, dtype=torch.long, device=loader.labels.device)
+    with precision.autocast() if precision else contextlib.nullcontext():
+        for images, labels in loader:
+            logits = network(images)
+            top = answer(images, logits).argmax(1)
+            counts += torch.stack([(top == labels).sum(), (top == logits.argmax(1)).sum()])
+    distributed.all_sum(counts)  # each rank saw its share of the split
+    return tuple(100.0 * int(c) / loader.num_samples for c in counts)
+
+
+@torch.inference_mode()
 def predict(networks, loader, keep=None):
     """Each network's float logits and the labels of the loader's images, in the loader's order;
     with `keep` (indices into the split), of those images only."""

@@ -19,6 +19,16 @@ def build_network(params, name, device="cpu"):
     return to_layout(model.to(device), bool(params.channels_last))
 
 
+def build_seeded(params, name, seed, device="cpu"):
+    """Network `name` randomly initialised from `seed` (a defence's surrogate or random network),
+    frozen; the global random state is left as it was, so the trained network's is unchanged."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        network = build_network(params, name, device)
+    return freeze(network)
+
+
 def freeze(network, compile_it=False):
     """Eval mode, no gradients, compiled when asked: how teachers and adversaries run."""
     network.eval()

@@ -1,4 +1,5 @@
-"""Per-epoch records of a run: training.log lines (the original's wording), metrics.jsonl, tensorboard.
+"""Per-epoch records of a run: training.log lines (the original's wording), metrics.jsonl, tensorboard;
+and a student's teacher.json (its teacher's accuracy, plain and through the run's defence).
 
     tracker = EpochLog(save_path, log, method.log_lines, ("loss", "ce", "kl"), start_epoch=0)
     tracker.record(epoch, lr, train_terms, test_metrics, best_state, new_best, seconds)
@@ -12,6 +13,8 @@ the checkpoint are dropped so the file always describes the run that the checkpo
 import json
 import os
 from pathlib import Path
+
+from utils.base.checkpoint import save_json
 
 
 class EpochLog:
@@ -65,6 +68,21 @@ def read_jsonl(path):
 
 
 read_metrics = read_jsonl
+
+TEACHER_RECORD = "teacher.json"  # a student's run folder: its teacher's accuracy, through its defence
+
+
+def write_teacher_record(save_path, record):
+    save_json(Path(save_path) / TEACHER_RECORD, record)
+
+
+def read_teacher_record(folder):
+    """What a student run measured of its teacher ({} before it started, or for older runs)."""
+    path = Path(folder) / TEACHER_RECORD
+    try:
+        return json.loads(path.read_text()) if path.exists() else {}
+    except (OSError, json.JSONDecodeError):
+        return {}
 
 
 def keep_epochs_up_to(path, last_epoch):
