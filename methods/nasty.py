@@ -34,16 +34,20 @@ def build(params, frozen):
                          T=params.temperature, weight=params.weight)
 
 
+# shared with the Safe Distillation Box (methods/sdb.py), which is nasty to unkeyed queries
+ADVERSARIAL_KEYS = (
+    Key("adversarial_model", MODEL, REQUIRED, "the normal network the nasty teacher is "
+        "pushed away from"),
+    Key("adversarial_resume", STR, REQUIRED, "checkpoint of the adversarial network"))
+WEIGHT = Key("weight", FLOAT, REQUIRED, "weight of the KL term that makes the teacher nasty",
+             bounds(low=0))
+ADVERSARIAL_NETWORK = Frozen("adversarial", "adversarial_model", "adversarial_resume")
+
 register(Method(
     name="nasty", script="nasty", role=Role.DEFENDED_TEACHER, build=build,
     summary="nasty teacher: accurate, with soft outputs pushed away from a normal network's",
-    keys=(TEMPERATURE,
-          Key("adversarial_model", MODEL, REQUIRED, "the normal network the nasty teacher is "
-              "pushed away from"),
-          Key("adversarial_resume", STR, REQUIRED, "checkpoint of the adversarial network"),
-          Key("weight", FLOAT, REQUIRED, "weight of the KL term that makes the teacher nasty",
-              bounds(low=0))),
-    frozen=(Frozen("adversarial", "adversarial_model", "adversarial_resume"),),
+    keys=(TEMPERATURE, *ADVERSARIAL_KEYS, WEIGHT),
+    frozen=(ADVERSARIAL_NETWORK,),
     terms=("ce", "kl"),
     log_lines=(("loss", "Train loss"), ("ce", "Train teacher loss"),
                ("kl", "Train adversarial loss")),

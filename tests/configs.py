@@ -17,7 +17,7 @@ from utils.base.checkpoint import save_checkpoint
 # folders of the follow-up papers' configs below a tree of experiments/ (experiments/FOLLOWUPS.md),
 # beside the original release's 60 files; and the per-seed and per-sweep runs reproduce.py writes
 FOLLOW_UP_PREFIXES = ("kd_stingy_", "skeptical_", "datafree_", "dkd_", "fitnet_", "at_",
-                      "label_smoothing_", "kd_reverse_sigmoid_", "kd_mad_")
+                      "label_smoothing_", "kd_reverse_sigmoid_", "kd_mad_", "kd_sdb_")
 GENERATED_PREFIXES = ("seed_", "sweep_")
 
 TINY = {"model_name": "net", "num_channels": 4, "dropout_rate": 0.0, "learning_rate": 1e-3,

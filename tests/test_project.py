@@ -129,7 +129,9 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
                                 ("at", ("normal", "nasty"))) for row in rows},
         "CIFAR100/label_smoothing_alone": ["mobilenetv2", "shufflenetv2"],
         "CIFAR100/kd_reverse_sigmoid_resnet18": ["mobilenetv2", "shufflenetv2"],
-        "CIFAR100/kd_mad_resnet18": ["mobilenetv2", "shufflenetv2"]}
+        "CIFAR100/kd_mad_resnet18": ["mobilenetv2", "shufflenetv2"],
+        "CIFAR100/kd_sdb_resnet18": ["mobilenetv2", "sdb_resnet18", "shufflenetv2"],
+        "CIFAR100/kd_sdb_key_resnet18": ["mobilenetv2", "shufflenetv2"]}
     for file in follow_ups:
         params = load_params(file.parent)
         tree, group = _folders(file)[:2]
@@ -140,19 +142,30 @@ def test_follow_up_configs_load_and_read_a_teacher_of_their_own_tree():
             continue
         if group.startswith(("dkd_", "fitnet_", "at_")):
             _check_their_recipe(params, group, file)
+        if params.method == "sdb":  # the box: their keys, against the tree's normal teacher
+            assert params.adversarial_resume == f"experiments/{tree}/baseline/resnet18/best_model.tar"
+            assert (params.temperature, params.weight, params.sdb_lambda, params.sdb_eta) == \
+                (4, 1.0, 0.9, 0.001), file
+            continue
         resume = params.teacher_resume
         # a stage of its own tree: experiments/<tree>/<group>/<net>/best_model.tar, with a config
         assert resume.startswith(f"experiments/{tree}/"), file
         assert resume.endswith("/best_model.tar"), file
         teacher = ROOT / resume
         assert (teacher.parent / "params.json").is_file(), (file, resume)
-        assert not _is_follow_up(teacher.parent / "params.json"), (file, resume)
+        # an original stage, but for the box's students, whose teacher is the box (a follow-up stage)
+        original = not _is_follow_up(teacher.parent / "params.json")
+        assert original or group.startswith("kd_sdb_"), (file, resume)
         teacher_config = json.loads((teacher.parent / "params.json").read_text())
         assert teacher_config["model_name"] == params.teacher_model, file
         assert teacher_config["dataset"] == params.dataset, file
         if group.startswith(("dkd_", "fitnet_", "at_")):
             continue
-        if group.startswith(("kd_reverse_sigmoid_", "kd_mad_")):
+        if group.startswith("kd_sdb_"):  # the unauthorised student and the key holder's
+            assert resume == f"experiments/{tree}/kd_sdb_resnet18/sdb_resnet18/best_model.tar", file
+            assert params.teacher_output == ("sdb_key" if "_key_" in group else "logits"), file
+            assert (params.temperature, params.alpha) == (20, 0.9), file
+        elif group.startswith(("kd_reverse_sigmoid_", "kd_mad_")):
             # the answer-time defences at their authors' settings, on the tree's KD recipe
             assert params.method == "kd" and "adversarial_resume" not in teacher_config, file
             assert (params.temperature, params.alpha) == (20, 0.9), file
