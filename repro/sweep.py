@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import NamedTuple
 
 from methods import load_params
-from methods.base import TABLE
+from methods.base import TABLE, defence_keys
 from utils.base.errors import ConfigError, did_you_mean
 from utils.base.provenance import git_commit
 from utils.training.params import all_keys
@@ -58,11 +58,23 @@ def value_text(value):
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def stage_uses(key, stage):
+    """Whether `key` means something to the runs of `stage`: its method has it and, for a key of a
+    teacher defence, the stage's teacher answers through that defence (every defended student has
+    mad_epsilon in its schema; only a MAD row's students read it)."""
+    if not key_applies(key, stage.method):
+        return False
+    if key not in {k.name for k in defence_keys()}:
+        return True
+    defence = stage.method.defence(stage.params)
+    return defence is not None and key in {k.name for k in defence.keys}
+
+
 def affected_stages(plan, key):
-    """Stages whose method has `key`, and every stage below them in the dependency order."""
+    """Stages that use `key`, and every stage below them in the dependency order."""
     affected = set()
     for stage in plan.stages:  # in run order: a parent is decided before its children
-        if key_applies(key, stage.method) or stage.parent in affected:
+        if stage_uses(key, stage) or stage.parent in affected:
             affected.add(stage.name)
     return [s.name for s in plan.stages if s.name in affected]
 
@@ -79,7 +91,7 @@ def check_sweep(plan, key, values, overrides):
         raise ConfigError(f"--sweep {key}: no stage's method uses this key")
     for name in affected:  # every value through the schema now, not at hour three
         stage = plan.stage(name)
-        if key_applies(key, stage.method):
+        if stage_uses(key, stage):
             for value in values:
                 load_params(stage.folder, overrides={**stage.overrides, key: value})
     return affected

@@ -52,6 +52,22 @@ def test_temperature_reaches_nasty_teacher_and_every_kd_student(tmp_path):
     assert config["teacher_resume"] == "tree/z_base/teacher/seed_1/best_model.tar"  # shared teacher
 
 
+def test_a_defence_key_sweeps_only_the_students_of_that_defence(tmp_path):
+    """Every defended student has every defence's keys in its schema (with defaults); a sweep of
+    one reaches only the students whose teacher answers through that defence."""
+    from configs import KD, write_config
+    tree = paper_tree(tmp_path / "tree", tmp_path)
+    teacher = str(tree / "z_base" / "teacher" / "best_model.tar")
+    write_config(tree / "c_stingy" / "student", **KD, teacher_resume=teacher, teacher_output="sparse",
+                 sparse_ratio=0.5)
+    write_config(tree / "c_mad" / "student", **KD, teacher_resume=teacher, teacher_output="mad")
+    for key, stage in (("sparse_ratio", "c_stingy/student"), ("mad_epsilon", "c_mad/student")):
+        plan = sweep_plan(make_plan(tree), f"{key}=0.2,0.4")
+        assert plan.sweep.affected == [stage]
+        run = next(r for r in plan.runs if r.variant == f"{key}=0.4")
+        assert run_config(run, plan.base)[key] == 0.4
+
+
 def test_a_key_every_run_has_sweeps_every_stage(tmp_path):
     plan = _plan(tmp_path, "num_epochs=1,2")
     assert len(plan.sweep.affected) == 5 and all(r.variant for r in plan.runs)
