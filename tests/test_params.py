@@ -453,7 +453,7 @@ def test_schema_rows_are_complete_and_unique():
     # one row shared by every method with soft labels (registration order: the original's three,
     # then the other modules of methods/ alphabetically)
     assert methods.base.method_keys()["temperature"][1] == ["nasty", "kd", "deepinversion", "dkd",
-                                                            "skeptical"]
+                                                            "sdb", "skeptical"]
 
 
 def test_params_from_dict_and_describe():
