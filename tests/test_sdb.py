@@ -54,8 +54,13 @@ def test_sdb_loss_by_hand():
     assert terms["random"].item() == pytest.approx(random_term, rel=1e-6)
     total = ce - 0.5 * (nasty - apart) + maintain - 0.1 * random_term
     assert terms["loss"].item() == pytest.approx(total, rel=1e-6)
-    # the keyed answers are a constant in the "apart" KL: only maintain, CE and random move them
-    assert not terms["disturb"].requires_grad
+    # the keyed answers are a constant in the "apart" KL (their .detach()): the disturb term gives
+    # the plain answers a gradient and the keyed ones none
+    plain = logits.clone().requires_grad_()
+    disturb = sdb_loss(plain, keyed, adversarial, random, torch.tensor([0]), T=2.0, weight=0.5,
+                       eta=0.1)["disturb"]
+    grads = torch.autograd.grad(disturb, [plain, keyed], allow_unused=True)
+    assert grads[0].abs().sum() > 0 and grads[1] is None
 
 
 def test_the_squared_errors_are_sums_over_the_batch_as_pytorch_1_4_computed_theirs():
