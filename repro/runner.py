@@ -3,8 +3,9 @@
     outcomes = execute(plan, SubprocessRunner(plan.base, ["--device", "cpu"], jobs=2), Progress())
     outcomes[("baseline/preresnet20", None)].state        # a Result: done, ran, failed or skipped
 
-Each run is a child process (`python train_*.py --save_path RUN --resume auto`), so a crash or
-an out-of-memory kill takes down one stage, not the driver. Its output is appended to
+Each run is a child process (`python train_*.py --save_path RUN --resume auto`; forked from a warm
+process on the CPU, repro/forkserver.py), so a crash or an out-of-memory kill takes down one stage,
+not the driver. Its output is appended to
 `RUN/reproduce.log`, and each attempt's wall time to `RUN/reproduce.jsonl`. A run that fails
 stops only the runs that need its checkpoint; everything else still runs.
 
@@ -33,6 +34,7 @@ from utils.base.schema import Word
 from utils.training.cli import PARENT_ENV, Terminated
 from utils.training.tracking import read_jsonl
 
+from .forkserver import ForkServer
 from .pipeline import PROJECT_ROOT, RunState, changed_keys, run_status, write_run_config
 
 LOG_NAME = "reproduce.log"
@@ -83,6 +85,9 @@ def execute(plan, runner, progress):
         except BaseException:  # the driver's own error: no training is left running behind it
             stop_children(runner, signal.SIGTERM)
             raise
+        finally:
+            if hasattr(runner, "close"):
+                runner.close()
     return outcomes
 
 
@@ -151,11 +156,14 @@ class SubprocessRunner:
     Every child gets `threads` intra-op threads, whatever the number of jobs: the thread count
     changes how sums are split and so the numbers, bit for bit. With `gpus` (numbered as this
     process sees them, see `visible_gpus`), each of the `jobs` slots owns `nproc` of them
-    (CUDA_VISIBLE_DEVICES); more slots than GPU groups share them.
+    (CUDA_VISIBLE_DEVICES); more slots than GPU groups share them. With `fork` (CPU stages of one
+    process each), the children are forked from a warm process (repro/forkserver.py) that the
+    first stage starts and `close` ends.
     """
 
-    def __init__(self, base, flags=(), nproc=1, threads=1, gpus=None, jobs=1):
+    def __init__(self, base, flags=(), nproc=1, threads=1, gpus=None, jobs=1, fork=False):
         self.base, self.flags, self.nproc, self.threads = base, list(flags), nproc, threads
+        self.fork, self.server = fork and nproc == 1, None
         self.groups = gpu_groups(visible_gpus(gpus), nproc) if gpus else None
         self.jobs, self.slots = jobs, queue.SimpleQueue()
         for slot in range(jobs):
@@ -202,6 +210,7 @@ class SubprocessRunner:
             if child is None:
                 log.write("==== not started: reproduce.py is stopping\n")
                 return None, "not started: reproduce.py is stopping"
+            log.write(f"==== pid {child.pid}{' (forked)' if self.fork else ''}\n")
             error, last = "", ""
             try:
                 for line in child.stdout:
@@ -223,11 +232,24 @@ class SubprocessRunner:
         with self.lock:
             if self.stopping:
                 return None
-            child = subprocess.Popen(command, cwd=self.base, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, errors="replace",
-                                     start_new_session=True)
+            child = self.start(command, env)
             self.children.add(child)
             return child
+
+    def start(self, command, env):
+        if not self.fork:
+            return subprocess.Popen(command, cwd=self.base, env=env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, errors="replace",
+                                    start_new_session=True)
+        if self.server is None:  # its own threads: the stages' (OpenMP reads them at start)
+            self.server = ForkServer(env)
+        return self.server.spawn(command[1], command[2:], env, self.base)
+
+    def close(self):
+        """End the fork server, once no stage runs."""
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     def stop_all(self, signum):
         """Send `signum` to every running child once, give them STOP_WAIT seconds together to save

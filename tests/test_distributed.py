@@ -9,6 +9,7 @@ import time
 from argparse import Namespace
 from pathlib import Path
 
+import ddp_probe
 import pytest
 import torch
 from configs import KD, NASTY, TINY8, write_config
@@ -255,8 +256,13 @@ def probes(tmp_path_factory):
     for name, values in (("mlp", MLP), ("net", NET)):
         for nproc in (1, 2):
             folder = write_config(root / f"{name}{nproc}", values, num_epochs=1)
-            if nproc == 1:
-                _single("tests/ddp_probe.py", folder)
+            if nproc == 1:  # in this process, with the ranks' thread count
+                threads = torch.get_num_threads()
+                torch.set_num_threads(1)
+                try:
+                    ddp_probe.main(["--save_path", str(folder)])
+                finally:
+                    torch.set_num_threads(threads)
             else:
                 _torchrun("tests/ddp_probe.py", folder)
             runs[name, nproc] = [torch.load(folder / f"probe_rank{r}.pt") for r in range(nproc)]

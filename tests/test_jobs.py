@@ -139,6 +139,21 @@ def test_parallel_flags_that_cannot_work_are_refused_in_one_line(argv, count, me
         reproduce.check_parallel(args, cuda_count=count)
 
 
+@pytest.mark.parametrize("argv, count, forked", [
+    (["--device", "cpu"], 2, True),          # CPU stages even on a GPU machine
+    ([], 0, True),                           # no GPU: the stages train on the CPU
+    ([], 1, False),                          # a CUDA context does not survive a fork
+    (["--gpus", "0"], 1, False),
+    (["--device", "cpu", "--nproc", "2"], 0, False),  # torchrun starts its own ranks
+    (["--device", "cpu", "--no-fork"], 0, False),
+])
+def test_stages_are_forked_only_on_the_cpu_one_process_each(argv, count, forked, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    args = reproduce.parse(["tree", *argv])
+    reproduce.check_parallel(args, cuda_count=count)
+    assert args.fork is forked
+
+
 @pytest.mark.parametrize("text", ["0,x", "0,0", "-1"])
 def test_a_malformed_gpu_list_is_a_usage_error(text, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -158,8 +173,11 @@ def small_chain(tree):
 @pytest.mark.slow
 def test_a_stage_gives_the_same_weights_whatever_the_number_of_jobs(tmp_path):
     one, two = small_chain(tmp_path / "one"), small_chain(tmp_path / "two")
-    reproduce.main([str(one), "--device", "cpu", "--no-figures", "--jobs", "1"])
+    # fresh processes one at a time, and stages forked from a warm process two at a time
+    reproduce.main([str(one), "--device", "cpu", "--no-figures", "--jobs", "1", "--no-fork"])
     reproduce.main([str(two), "--device", "cpu", "--no-figures", "--jobs", "2"])
+    assert "(forked)" not in (one / "teacher" / "reproduce.log").read_text()
+    assert "(forked)" in (two / "teacher" / "reproduce.log").read_text()
     for stage in ("teacher", "alone"):
         a = load_checkpoint(one / stage / "last_model.tar")["state_dict"]
         b = load_checkpoint(two / stage / "last_model.tar")["state_dict"]
@@ -168,16 +186,27 @@ def test_a_stage_gives_the_same_weights_whatever_the_number_of_jobs(tmp_path):
         assert row["threads"] == "1"
 
 
-def tree_processes(tree):
-    """Pids of the processes whose command line names `tree` (the training children)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and str(tree) in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
+def alive(pid):
+    """Whether `pid` runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def tree_processes(tree, driver=None):
+    """Pids of the live training children of `tree` (reproduce.log names each stage's pid: a
+    forked child's command line is its fork server's), and of `driver`'s children (the server)."""
+    pids = {int(line.split()[2]) for log in tree.rglob("reproduce.log")
+            for line in log.read_text().splitlines() if line.startswith("==== pid ")}
+    if driver is not None:
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == driver:
+                    pids.add(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return sorted(pid for pid in pids if alive(pid))
 
 
 def wait_for(condition, seconds=120):
@@ -220,10 +249,11 @@ def test_sigterm_or_sigkill_of_reproduce_leaves_no_training_behind(tmp_path):
         done = {name: epochs_written(tree / name) for name in ("a", "b")}
         driver = start_reproduce(tree)  # the same command resumes both
         wait_for(lambda: all(epochs_written(tree / n) > done[n] for n in done))
-        children = tree_processes(tree)
+        children = tree_processes(tree, driver.pid)
+        assert len(children) == 3  # the fork server and its two stages
         driver.kill()  # SIGKILL: nothing to forward, the kernel tells the children
         driver.wait()
-        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), seconds=60)
+        wait_for(lambda: not any(alive(pid) for pid in children), seconds=60)
         for name in ("a", "b"):
             assert "error: interrupted by SIGTERM; " in (tree / name / "reproduce.log").read_text()
     finally:

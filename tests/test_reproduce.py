@@ -194,7 +194,7 @@ def test_finished_runs_are_skipped_and_started_ones_resume(tmp_path):
 def test_a_failing_stage_stops_only_what_needs_it(tmp_path, monkeypatch, capsys):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     runner = FakeRunner(by_stage, fail={"b_nasty/teacher"})
-    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda *args: runner)
+    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda *args, **kwargs: runner)
     monkeypatch.setattr(reproduce, "default_jobs", lambda *args: 1)  # the order the asserts read
     with pytest.raises(NastyError, match=r"^1 run\(s\) failed and 1 that need them were skipped"):
         reproduce.main([str(tree), "--no-figures"])
@@ -228,7 +228,7 @@ def test_a_finished_run_keeps_its_numbers_when_its_teacher_fails_later(tmp_path)
 def test_seeds_give_mean_and_sample_std(tmp_path, monkeypatch):
     tree = paper_tree(tmp_path / "tree", tmp_path)
     runner = FakeRunner(by_stage)  # accuracy + seed: seeds 0, 1, 2 give x, x+1, x+2
-    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda *args: runner)
+    monkeypatch.setattr(reproduce, "SubprocessRunner", lambda *args, **kwargs: runner)
     monkeypatch.setattr(reproduce, "default_jobs", lambda *args: 1)  # the order the asserts read
     reproduce.main([str(tree), "--no-figures", "--seeds", "0", "1", "2"])
     assert len(runner.calls) == 15 and runner.calls[5][:2] == ("z_base/teacher", 1)
