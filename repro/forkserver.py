@@ -122,6 +122,13 @@ class ForkedChild:
                                                              errors="replace")
         self.guard = threading.Lock()
 
+    def poll(self):
+        """The exit status, or None while the child runs."""
+        try:
+            return self.wait(timeout=0)
+        except subprocess.TimeoutExpired:
+            return None
+
     def wait(self, timeout=None):
         started = time.monotonic()
         if not self.guard.acquire(timeout=-1 if timeout is None else timeout):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from configs import KD, TINY8, write_config
 from conftest import ROOT
+from forkrun import Command, run_scripts
 
 import methods
 import nets
@@ -49,9 +50,8 @@ def _wait_for(path, process, seconds=120):
     assert path.exists(), "the run wrote no checkpoint"
 
 
-def _script(name, *args, **kwargs):
-    return subprocess.run([sys.executable, str(ROOT / name), *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=300, **kwargs)
+def _script(name, *args, env=None):
+    return run_scripts([Command(ROOT / name, args, env)])[0]
 
 
 @pytest.mark.slow
