@@ -1,6 +1,7 @@
 """torchrun / DistributedDataParallel on CPU with Gloo: sharding, identical ranks, rank-0 writes,
 resume across world sizes, an elastic restart after a killed rank, and a two-"node" rendezvous."""
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -349,15 +350,16 @@ def test_sharded_evaluation_is_exact_accuracy_of_the_checkpoint(chain):
 
 
 @pytest.mark.slow
-def test_resume_across_world_sizes(tmp_path):
-    """Two ranks, then one, then two again: each run resumes the other's checkpoint (2 -> 1 and
-    1 -> 2 in one chain of three launches)."""
-    folder = write_config(tmp_path / "run", NET, num_epochs=1)
+def test_resume_across_world_sizes(chain, tmp_path):
+    """Two ranks (the chain's teacher, 2 epochs), then one, then two again: each run resumes the
+    other's checkpoint (2 -> 1 and 1 -> 2)."""
+    folder = tmp_path / "run"
+    shutil.copytree(chain["teacher"], folder)
     launch = lambda n, *extra: (_single("train_scratch.py", folder, *extra) if n == 1
                                 else _torchrun("train_scratch.py", folder, *extra))
-    for epochs, processes in ((1, 2), (2, 1), (3, 2)):
+    for epochs, processes in ((3, 1), (4, 2)):
         write_config(folder, NET, num_epochs=epochs)
-        launch(processes, *(("--resume", "auto") if epochs > 1 else ()))
+        launch(processes, "--resume", "auto")
         assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == list(range(1, epochs + 1))
         assert load_checkpoint(folder / "last_model.tar")["epoch"] == epochs
     assert (folder / "training.log").read_text().count("Resumed from") == 2
