@@ -169,7 +169,10 @@ def serve(control):
             run_child(json.loads(request), streams, server, [control, reply, *replies.values()])
         for fd in streams:
             os.close(fd)
-        reply.sendall(f"{pid}\n".encode())
+        try:
+            reply.sendall(f"{pid}\n".encode())
+        except OSError:
+            pass  # that driver thread is gone; the child's status is still reaped
         replies[pid] = reply
 
 
@@ -218,8 +221,11 @@ def become(case, streams, server):
     sys.stdout, sys.stderr = (io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding="utf-8",
                                                errors="backslashreplace", line_buffering=True,
                                                write_through=True) for fd in (1, 2))
+    # as Python starts: Ctrl-C raises KeyboardInterrupt, SIGPIPE is ignored (a closed pipe is
+    # a BrokenPipeError, not a silent death), the others are the system's defaults
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    for name in ("SIGTERM", "SIGCHLD", "SIGPIPE"):
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for name in ("SIGTERM", "SIGCHLD"):
         signal.signal(getattr(signal, name), signal.SIG_DFL)
     os.chdir(case["cwd"])
     os.environ.clear()

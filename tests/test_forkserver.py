@@ -21,6 +21,8 @@ import os, sys, torch
 print("argv", sys.argv[1:], "cwd", os.getcwd(), "path0", sys.path[0])
 print("env", os.environ.get("PROBE"), "threads", torch.get_num_threads())
 print("main", __name__, "session leader", os.getsid(0) == os.getpid())
+import signal
+print("signals", [str(signal.getsignal(s)) for s in (signal.SIGTERM, signal.SIGPIPE)])
 print("to stderr", file=sys.stderr)
 """
 
@@ -54,6 +56,9 @@ def test_a_child_is_the_script_with_its_argv_folder_environment_and_threads(serv
     assert "env seen threads 1" in output  # OMP_NUM_THREADS of the child, not the server's 2
     assert "main __main__ session leader True" in output
     assert "to stderr" in output  # stdout and stderr on one pipe, as the runner reads them
+    fresh = subprocess.run([sys.executable, path], capture_output=True, text=True, cwd=tmp_path).stdout
+    signals = [line for line in fresh.splitlines() if line.startswith("signals")]
+    assert signals and signals[0] in output  # SIGTERM and SIGPIPE as a fresh `python` has them
 
 
 @pytest.mark.parametrize("body, code, shown", [
