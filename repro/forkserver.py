@@ -33,11 +33,11 @@ import time
 from pathlib import Path
 
 from utils.base.errors import NastyError
-from utils.training.cli import PARENT_ENV
+from utils.training.cli import PARENT_ENV, stop_with_parent
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MESSAGE = 1 << 20  # largest request: a command and its environment
-PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
+PR_SET_NAME = 15
 
 
 class ForkServer:
@@ -88,8 +88,8 @@ class ForkServer:
 
 
 class ReplyLines:
-    """The numbers the server writes on a reply socket, one per line, read without a buffer that
-    select() could not see."""
+    """The numbers the server writes on a reply socket, one per line (the pid, then the exit
+    status, which may arrive in the same read)."""
 
     def __init__(self, sock):
         self.sock, self.pending = sock, b""
@@ -230,19 +230,18 @@ def become(case, streams, server):
     os.chdir(case["cwd"])
     os.environ.clear()
     os.environ.update(case["env"])
-    if PARENT_ENV in os.environ:  # the script's own check of its driver: the server is it
-        os.environ[PARENT_ENV] = str(server)
     threads = case["env"].get("OMP_NUM_THREADS")
     if threads:  # OpenMP read the variable when the server started: set the count itself
         import torch
         torch.set_num_threads(int(threads))
     sys.argv = [case["script"], *case["args"]]
     sys.path[0] = os.path.dirname(os.path.abspath(case["script"]))
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_NAME, Path(case["script"]).stem.encode()[:15], 0, 0, 0)
-    libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-    if os.getppid() != server:  # the server ended before the line above
-        os.kill(os.getpid(), signal.SIGTERM)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_NAME, Path(case["script"]).stem.encode()[:15],
+                                            0, 0, 0)
+    # the driver of this child is the server, whoever started the server: SIGTERM when it ends
+    # (the scripts' own call of stop_with_parent then finds nothing more to do)
+    os.environ[PARENT_ENV] = str(server)
+    stop_with_parent()
 
 
 def exit_code(stop):
@@ -264,7 +263,7 @@ def finish(code):
         try:
             stream.flush()
         except (OSError, ValueError):
-            pass
+            pass  # a stream the script closed or whose reader is gone: nothing left to flush
     os._exit(code)
 
 
