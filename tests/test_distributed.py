@@ -15,6 +15,7 @@ import pytest
 import torch
 from configs import KD, NASTY, TINY8, write_config
 from conftest import ROOT
+from forkrun import Command, run_scripts
 
 import nets
 from methods import params_from_dict
@@ -233,11 +234,11 @@ def _finish(process, timeout=300):
 
 
 def _single(script, folder, *extra):
-    """One process with the ranks' thread count (1), which also decides float sums."""
-    result = subprocess.run([sys.executable, str(ROOT / script), "--save_path", str(folder), *extra],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, OMP_NUM_THREADS="1"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    """One process with the ranks' thread count (1), which also decides float sums; forked from
+    the test process's warm server (tests/forkrun.py)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = run_scripts([Command(ROOT / script, ["--save_path", str(folder), *extra], env=env)])[0]
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def _parameter_part(vectors, model):
@@ -250,20 +251,35 @@ def _parameter_part(vectors, model):
     return [torch.cat([v[slice(*offsets[n])] for n in names]) for v in vectors]
 
 
+def _probe_in_process(folder):
+    """The probe in this process, with the ranks' thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ddp_probe.main(["--save_path", str(folder)])
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
-def probes(tmp_path_factory):
+def net_teacher(tmp_path_factory):
+    """The `net` CNN trained by two ranks through the probe (train_scratch's run, recording each
+    step): both the step-by-step probe of `net` and the teacher of the chain (one launch)."""
+    folder = write_config(tmp_path_factory.mktemp("ddp_chain") / "teacher", NET)
+    return folder, _torchrun("tests/ddp_probe.py", folder)
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory, net_teacher):
     root = tmp_path_factory.mktemp("probes")
     runs = {}
-    for name, values in (("mlp", MLP), ("net", NET)):
+    for name, values in (("mlp", dict(MLP, num_epochs=1)), ("net", NET)):
         for nproc in (1, 2):
-            folder = write_config(root / f"{name}{nproc}", values, num_epochs=1)
-            if nproc == 1:  # in this process, with the ranks' thread count
-                threads = torch.get_num_threads()
-                torch.set_num_threads(1)
-                try:
-                    ddp_probe.main(["--save_path", str(folder)])
-                finally:
-                    torch.set_num_threads(threads)
+            folder = write_config(root / f"{name}{nproc}", values)
+            if nproc == 1:
+                _probe_in_process(folder)
+            elif name == "net":
+                folder = net_teacher[0]
             else:
                 _torchrun("tests/ddp_probe.py", folder)
             runs[name, nproc] = [torch.load(folder / f"probe_rank{r}.pt") for r in range(nproc)]
@@ -277,7 +293,8 @@ def probes(tmp_path_factory):
 def test_both_ranks_hold_identical_weights_after_every_step(probes, name):
     model = nets.build_model(name, 10, **({"num_channels": 8, "dropout_rate": 0.0} if name == "net" else {}))
     rank0, rank1 = (_parameter_part(v, model) for v in probes[name, 2])
-    assert len(rank0) == len(rank1) == 15  # 1438 images in batches of 100, one epoch
+    epochs = 1 if name == "mlp" else NET["num_epochs"]
+    assert len(rank0) == len(rank1) == 15 * epochs  # 1438 images in batches of 100: 15 steps an epoch
     for step, (a, b) in enumerate(zip(rank0, rank1), 1):
         assert torch.equal(a, b), f"step {step}"
 
@@ -302,15 +319,14 @@ def test_two_ranks_compute_the_global_batch_gradient_of_one_process(probes, name
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """scratch -> nasty -> kd, each with 2 ranks."""
-    root = tmp_path_factory.mktemp("ddp_chain")
-    teacher = write_config(root / "teacher", NET)
-    logs = {"teacher": _torchrun("train_scratch.py", teacher)}
-    nasty = write_config(root / "nasty", NET, num_epochs=1, **NASTY,
+def chain(net_teacher):
+    """scratch (the probe of `net`) -> nasty -> kd, each with 2 ranks."""
+    teacher, output = net_teacher
+    logs = {"teacher": output}
+    nasty = write_config(teacher.parent / "nasty", NET, num_epochs=1, **NASTY,
                          adversarial_resume=str(teacher / "best_model.tar"))
     logs["nasty"] = _torchrun("train_nasty.py", nasty)
-    student = write_config(root / "student", NET, num_epochs=1, **KD,
+    student = write_config(teacher.parent / "student", NET, num_epochs=1, **KD,
                            teacher_resume=str(nasty / "best_model.tar"))
     logs["student"] = _torchrun("train_kd.py", student)
     return {"teacher": teacher, "nasty": nasty, "student": student, "logs": logs}
@@ -322,10 +338,12 @@ def test_two_ranks_train_every_stage_and_rank0_alone_writes(chain, stage):
     folder = chain[stage]
     names = sorted(p.name for p in folder.iterdir())
     assert len([n for n in names if n.startswith("events.out.tfevents")]) == 1, names
-    student_files = ["teacher.json"] if stage == "student" else []  # its teacher's accuracy
+    extra_files = ["teacher.json"] if stage == "student" else []  # its teacher's accuracy
+    if stage == "teacher":  # the probe's own records, one file pair per rank
+        extra_files = [f"probe_{kind}rank{r}.pt" for kind in ("", "grads_") for r in (0, 1)]
     assert [n for n in names if not n.startswith("events.out.tfevents")] == sorted([
         ".lock", "best_model.tar", "last_model.tar", "metrics.jsonl", "params.json", "training.log",
-        *student_files])
+        *extra_files])
     log = (folder / "training.log").read_text()
     assert log.count("Epoch 1/") == 1 and "torchrun: 2 processes; global batch 100" in log
     assert chain["logs"][stage].count("- Eval metrics") == load_checkpoint(folder / "last_model.tar")["epoch"]
@@ -378,27 +396,25 @@ def _rank_pid(folder, rank):
 
 
 @pytest.mark.slow
-def test_elastic_restart_after_a_killed_rank_finishes_with_the_uninterrupted_result(tmp_path):
-    values = dict(NET, num_channels=16, batch_size=50, num_epochs=3)
-    reference = write_config(tmp_path / "reference", values)
-    _torchrun("train_scratch.py", reference)
-    folder = write_config(tmp_path / "killed", values)
+def test_elastic_restart_after_a_killed_rank_ends_with_the_uninterrupted_weights(net_teacher, tmp_path):
+    """The chain's teacher run again, rank 1 killed once epoch 1 is saved: torchrun restarts both
+    ranks, which resume and end with the uninterrupted run's weights."""
+    folder = write_config(tmp_path / "killed", NET)
     process = _torchrun("train_scratch.py", folder, "--resume", "auto", wait=False,
                         launcher=["--standalone", "--nproc_per_node=2", "--max_restarts=1"])
     deadline = time.time() + 120
-    while not read_metrics(folder / "metrics.jsonl") and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # into epoch 2
+    while not (folder / "last_model.tar").exists() and time.time() < deadline:
+        time.sleep(0.01)
     pid = _rank_pid(folder, 1)
-    assert pid is not None and read_metrics(folder / "metrics.jsonl")[-1]["epoch"] < 3
+    assert pid is not None and read_metrics(folder / "metrics.jsonl")[-1]["epoch"] < NET["num_epochs"]
     os.kill(pid, signal.SIGKILL)
     output = _finish(process)
     assert process.returncode == 0, output[-3000:]
     assert "Resumed from" in (folder / "training.log").read_text()  # the restart continued
-    assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1, 2, 3]
-    expected = load_checkpoint(reference / "last_model.tar")["state_dict"]
+    assert [r["epoch"] for r in read_metrics(folder / "metrics.jsonl")] == [1, 2]
+    expected = load_checkpoint(net_teacher[0] / "last_model.tar")["state_dict"]
     final = load_checkpoint(folder / "last_model.tar")
-    assert final["epoch"] == 3
+    assert final["epoch"] == NET["num_epochs"]
     assert all(torch.equal(expected[k], final["state_dict"][k]) for k in expected)
 
 
