@@ -13,6 +13,8 @@ paper"); the first-layer multiplier, tv_l1 and flips are their ImageNet code's o
 """
 
 import hashlib
+import json
+import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -23,7 +25,7 @@ from tqdm import tqdm
 
 from utils.base.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
 from utils.base.errors import ConfigError, NastyError
-from utils.base.lock import RunLock
+from utils.base.lock import RunLock, waiting_lock
 from utils.base.schema import FLAG, FLOAT, INT, Key, bounds
 from utils.data.loader import epoch_seed
 from utils.data.registry import DATASETS, Split
@@ -52,6 +54,7 @@ from .kd import ALPHA, STUDENT, TEACHER_KEYS, build, distillation_setting
 # (its copy aliases the optimised tensor, so it keeps the last iterate, as we do).
 
 CACHE_NAME = "synthetic.pt"
+SHARED_FOLDER = "synthetic"  # beside a teacher's checkpoint: the sets its students share
 CACHE_FORMAT = "nasty-teacher/synthetic-1"
 STREAM = 1 << 32  # batch b draws from epoch_seed(seed, STREAM + b): apart from the epochs' streams
 
@@ -241,26 +244,71 @@ def finished_split(path, made_by, recipe, poll=5.0):
 
 
 def synthetic_set(teacher, recipe, made_by, save_path, device, log, mean, std, classes, size,
-                  until=None):
+                  until=None, shared=None):
     """The synthetic training split of the run in `save_path`: read from its cache, whose missing
     batches are synthesised first (under the folder lock) and saved one by one; `until`: stop after
     that many batches in all (tests). Nothing is written when the cache is complete. The cache
-    must have been made by `recipe` and `made_by` (what else decides the set: the teacher...)."""
+    must have been made by `recipe` and `made_by` (what else decides the set: the teacher...).
+    `shared`: a file where the set is made first (or found made), under a lock that other runs
+    of the same set wait on; the run folder then keeps a copy."""
     path, made_by = Path(save_path) / CACHE_NAME, {**recipe._asdict(), **made_by}
     stop = recipe.batches if until is None else min(until, recipe.batches)
+    synthesise = Synthesis(teacher, recipe, device, log, (mean, std, classes, size))
     with RunLock(save_path) as lock:
         cache = read_cache(path, made_by) or empty_cache(made_by)
-        done = cache["batches_done"]
-        if done < stop:
+        if cache["batches_done"] < stop:
             lock.keep()  # this run writes into the folder from here on
             remove_partial_writes(save_path)
-            log.info(f"Synthesising {recipe.images} images from the teacher (DeepInversion): "
-                     f"batches {done + 1} to {stop} of {recipe.batches}, {recipe.iterations} "
-                     f"iterations each; kept in {path}")
-        for batch in range(done, stop):
-            add_batch(cache, teacher, recipe, batch, device, log, (mean, std, classes, size))
-            save_checkpoint(path, cache)
+            if shared is None:
+                synthesise.fill(path, cache, stop)
+            else:
+                cache = shared_set(Path(shared), made_by, stop, synthesise)
+                save_checkpoint(path, cache)
     return Split(cache["state_dict"]["images"], cache["state_dict"]["labels"])
+
+
+class Synthesis(NamedTuple):
+    """What synthesising batches needs besides the cache: the frozen teacher, the recipe, the
+    device, the log and (mean, std, classes, size) of the data set."""
+    teacher: torch.nn.Module
+    recipe: Recipe
+    device: object
+    log: object
+    data: tuple
+
+    def fill(self, path, cache, stop):
+        """Synthesise the missing batches up to `stop` into `cache`, saved to `path` after each."""
+        recipe = self.recipe
+        self.log.info(f"Synthesising {recipe.images} images from the teacher (DeepInversion): "
+                      f"batches {cache['batches_done'] + 1} to {stop} of {recipe.batches}, "
+                      f"{recipe.iterations} iterations each; kept in {path}")
+        for batch in range(cache["batches_done"], stop):
+            add_batch(cache, self.teacher, recipe, batch, self.device, self.log, self.data)
+            save_checkpoint(path, cache)
+
+
+def shared_set(path, made_by, stop, synthesise):
+    """The cache at the shared `path`, completed up to `stop` batches by this run unless another
+    run of the same set holds its lock (then this one waits and reads what that one made)."""
+    path.parent.mkdir(exist_ok=True)
+    note = lambda pid: synthesise.log.info(f"Waiting for pid {pid}, which synthesises this set in {path}")
+    with waiting_lock(path.with_name(path.name + ".lock"), on_wait=note):
+        cache = read_cache(path, made_by) or empty_cache(made_by)
+        if cache["batches_done"] < stop:
+            for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # a killed write of this file
+                leftover.unlink(missing_ok=True)
+            synthesise.fill(path, cache, stop)
+        else:
+            synthesise.log.info(f"Synthetic set read from {path}, shared by the students of this "
+                                "teacher with this recipe and seed")
+    return cache
+
+
+def shared_cache_path(teacher_resume, made_by):
+    """Where the students of one teacher checkpoint share a set: beside the checkpoint, named by a
+    digest of everything that decides the set (recipe, seed, data set, the teacher's SHA-256)."""
+    digest = hashlib.sha256(json.dumps(made_by, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(teacher_resume).resolve().parent / SHARED_FOLDER / f"{digest}.pt"
 
 
 def add_batch(cache, teacher, recipe, batch, device, log, data):
@@ -307,6 +355,9 @@ KEYS = (
         "(paper: 2 on CIFAR-10)", NON_NEGATIVE),
     Key("synthesis_flip", FLAG, 0, "flip each step's images at random (their ImageNet code; "
         "0 on CIFAR-10; no use on digits)"),
+    Key("synthesis_shared", FLAG, 0, "1: make the set once beside the teacher's checkpoint, for "
+        "every student of that teacher with this recipe and seed (answer-time defences all invert "
+        "the same network); 0: in the run folder alone"),
 )
 RECIPE_KEYS = {field: f"synthesis_{field}" for field in Recipe._fields if field != "seed"}
 
@@ -340,8 +391,24 @@ def synthetic_split(params, frozen, save_path, log, world):
     if not world.is_main:
         return finished_split(Path(save_path) / CACHE_NAME, identity, recipe)
     device = next(teacher.parameters()).device
+    shared = (shareable_path(params, {**recipe._asdict(), **identity}, log)
+              if params.synthesis_shared else None)
     return synthetic_set(teacher, recipe, identity, save_path, device, log, spec.mean, spec.std,
-                         spec.num_classes, spec.input_size)
+                         spec.num_classes, spec.input_size, shared=shared)
+
+
+def shareable_path(params, made_by, log):
+    """The shared file of this set, or None (with a warning) where the teacher's folder takes no
+    files: the run then synthesises its own."""
+    path = shared_cache_path(params.teacher_resume, made_by)
+    try:
+        path.parent.mkdir(exist_ok=True)
+        os.close(os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644))
+    except OSError as error:
+        log.warning(f"warning: synthesis_shared: {path.parent} takes no files ({error.strerror}); "
+                    "this run synthesises its own set")
+        return None
+    return path
 
 
 def check(values):

@@ -27,6 +27,7 @@ from methods.deepinversion import (
     synthetic_set,
     tv_priors,
 )
+from utils.base.checkpoint import load_checkpoint
 from utils.base.errors import ConfigError
 from utils.data.loader import build_loaders
 from utils.data.registry import DATASETS
@@ -194,3 +195,89 @@ def test_the_synthetic_figure_shows_each_teachers_set(teacher, tmp_path):
     figures.add_synthetic_figure(plan, results, figures.pyplot())
     assert results["matrices"][0]["figures"] == ["synthetic.png"]
     assert (tmp_path / "synthetic.png").stat().st_size > 1000
+
+
+# ----------------------------------------------------------------------------- a set shared by students
+
+def test_waiting_lock_waits_for_its_holder(tmp_path):
+    import os
+    import threading
+
+    from utils.base.lock import waiting_lock
+    path, events, noted = tmp_path / "set.lock", [], []
+    with waiting_lock(path):
+        def second():
+            with waiting_lock(path, on_wait=noted.append):
+                events.append("second holds it")
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(0.3)
+        events.append("first lets go")
+    thread.join(5)
+    assert events == ["first lets go", "second holds it"] and noted == [str(os.getpid())]
+
+
+def _teacher_file(teacher, folder):
+    from utils.base.checkpoint import save_checkpoint
+    folder.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(folder / "best_model.tar", {"epoch": 1, "state_dict": teacher.state_dict()})
+    return folder / "best_model.tar"
+
+
+def _shared_run(teacher, teacher_file, folder, caplog, **changes):
+    """The deepinversion train split of a run in `folder` (synthesis_shared 1) and its log."""
+    from methods.deepinversion import synthetic_split
+    from utils.base.world import SINGLE
+    params = params_from_dict({**TINY, **KD, "method": "deepinversion", "batch_size": 8,
+                               "teacher_resume": str(teacher_file), "synthesis_images": 20,
+                               "synthesis_batch": 8, "synthesis_iterations": 4, "synthesis_lr": 0.1,
+                               "synthesis_bn_weight": 1.0, "synthesis_shared": 1, **changes}, "kd")
+    folder.mkdir(parents=True, exist_ok=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger=LOG.name):
+        split = synthetic_split(params, {"teacher": teacher}, folder, LOG, SINGLE)
+    return split, caplog.text
+
+
+def test_students_of_one_teacher_share_one_set_whatever_their_defence(teacher, tmp_path, caplog):
+    teacher_file = _teacher_file(teacher, tmp_path / "teacher")
+    first, made = _shared_run(teacher, teacher_file, tmp_path / "normal", caplog)
+    second, read = _shared_run(teacher, teacher_file, tmp_path / "stingy", caplog,
+                               teacher_output="sparse", sparse_ratio=0.2)
+    assert made.count("Synthesis batch") == 3 and "Synthesis batch" not in read
+    assert "read from" in read and str(tmp_path / "teacher" / "synthetic") in read
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    shared = list((tmp_path / "teacher" / "synthetic").glob("*.pt"))
+    assert len(shared) == 1
+    for run in ("normal", "stingy"):  # each run folder keeps its copy
+        assert torch.equal(load_checkpoint(tmp_path / run / CACHE_NAME)["state_dict"]["images"], first.images)
+    # another seed is another set, in a file of its own; the same set as a run folder's own
+    other, _ = _shared_run(teacher, teacher_file, tmp_path / "seed1", caplog, seed=1)
+    assert not torch.equal(other.images, first.images)
+    assert len(list((tmp_path / "teacher" / "synthetic").glob("*.pt"))) == 2
+    alone, _ = _shared_run(teacher, teacher_file, tmp_path / "alone", caplog, synthesis_shared=0)
+    assert torch.equal(alone.images, first.images) and not (tmp_path / "alone" / "synthetic").exists()
+
+
+def test_a_shared_set_stopped_half_way_is_completed_by_the_next_student(teacher, tmp_path):
+    from methods.deepinversion import shared_cache_path
+    made_by = {"teacher": "a"}
+    shared = shared_cache_path(tmp_path / "teacher" / "best_model.tar", {**TINY_RECIPE._asdict(), **made_by})
+    assert shared.parent == tmp_path / "teacher" / "synthetic"
+    (tmp_path / "teacher").mkdir()
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    synthetic_set(teacher, TINY_RECIPE, made_by, tmp_path / "first", "cpu", LOG, DIGITS.mean, DIGITS.std,
+                  10, 32, until=1, shared=shared)
+    assert load_checkpoint(shared)["batches_done"] == 1
+    completed = synthetic_set(teacher, TINY_RECIPE, made_by, tmp_path / "second", "cpu", LOG, DIGITS.mean,
+                              DIGITS.std, 10, 32, shared=shared)
+    assert torch.equal(completed.images, _synthesise(teacher, tmp_path / "own").images)
+
+
+def test_a_teacher_folder_that_takes_no_files_means_a_set_of_its_own(teacher, tmp_path, caplog):
+    teacher_file = _teacher_file(teacher, tmp_path / "teacher")
+    (tmp_path / "teacher" / "synthetic").write_text("a file where the folder would be")
+    split, log = _shared_run(teacher, teacher_file, tmp_path / "run", caplog)
+    assert "takes no files" in log and "synthesises its own set" in log
+    assert split.images.shape == (20, 3, 32, 32) and (tmp_path / "run" / CACHE_NAME).exists()
