@@ -380,11 +380,11 @@ def synthetic_split(params, frozen, save_path, log, world):
     teacher = frozen["teacher"]
     teacher = getattr(teacher, "_orig_mod", teacher)  # hooks go on the plain network, not compiled
     if not any(hasattr(m, "running_var") for m in teacher.modules()):
-        raise ConfigError(f"{params.path}: deepinversion needs a teacher with batch-norm layers; "
+        raise ConfigError(f"{params.source}: deepinversion needs a teacher with batch-norm layers; "
                           f"{params.teacher_model} has none")
     recipe, spec = recipe_of(params), DATASETS[params.dataset]
     if spec.mean is None:
-        raise ConfigError(f"{params.path}: data set {params.dataset!r} measures its mean and std on "
+        raise ConfigError(f"{params.source}: data set {params.dataset!r} measures its mean and std on "
                           "the real training split, which deepinversion must not read; give them "
                           "as constants in its DatasetSpec")
     identity = made_by(params)

@@ -75,8 +75,9 @@ def make_key(params, seed):
     """The key image, C x H x W in the networks' input space (normalised as the data set's images)."""
     spec = DATASETS[params.dataset]
     if spec.mean is None:
-        raise ConfigError(f"method 'sdb' needs a data set with fixed normalisation; "
-                          f"{params.dataset!r} measures its own")
+        raise ConfigError(f"{params.source}: method 'sdb' needs a data set with fixed normalisation "
+                          f"(its key is an image in the normalised input space); {params.dataset!r} "
+                          "measures its mean and std on the training split")
     size = params.input_size
     pixels = torch.randint(0, 255, (3, size, size), generator=torch.Generator().manual_seed(seed)) / 255.0
     mean, std = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (spec.mean, spec.std))

@@ -82,6 +82,15 @@ def test_the_key_is_a_fixed_normalised_noise_image_of_its_seed():
         params_from_dict({**TINY, **SDB, "adversarial_resume": "a.tar", "sdb_lambda": 1}, "nasty")
 
 
+def test_a_data_set_that_measures_its_normalisation_gets_no_key(monkeypatch):
+    from utils.data.registry import DATASETS
+    params = params_from_dict({**TINY, **SDB, "adversarial_resume": "a.tar"}, "nasty")
+    monkeypatch.setitem(DATASETS, "digits", DATASETS["digits"]._replace(mean=None))
+    with pytest.raises(ConfigError, match=r"^<params>: method 'sdb' needs a data set with fixed "
+                                          r"normalisation .*'digits' measures its mean and std"):
+        make_key(params, 0)
+
+
 # ----------------------------------------------------------------------------- real runs
 
 @pytest.fixture(scope="module")

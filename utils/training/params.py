@@ -117,6 +117,11 @@ class Params:
         self.method = method.name
 
     @property
+    def source(self):
+        """What an error names first: the json file, or '<params>' for a dict."""
+        return str(self.path) if self.path else "<params>"
+
+    @property
     def script(self):
         return self.method_entry.script
 
