@@ -23,6 +23,7 @@ from utils.base.errors import ConfigError, did_you_mean
 from utils.base.provenance import git_commit
 from utils.training.params import all_keys
 
+from .matrix import render_matrix
 from .pipeline import Plan, key_applies, seed_runs
 from .report import collect, fmt, numerics_counts, render_group, render_numerics
 
@@ -115,9 +116,14 @@ def sweep_plan(plan, text, overrides=None):
 
 
 def value_view(plan, label):
-    """The plan of one value: the shared runs and that value's, one per stage and seed."""
-    runs = [r for r in plan.runs if r.variant in (None, label)]
-    return Plan(plan.root, plan.base, plan.stages, plan.seeds, runs)
+    """The plan of one value: the shared runs and that value's, one per stage and seed; the
+    stages that use the key hold its value in their params (a table labels a row by them)."""
+    sweep = plan.sweep
+    value = sweep.values[sweep.labels.index(label)]
+    stages = {s.name: replace(s, params=load_params(s.folder, overrides={**s.overrides, sweep.key: value}))
+              if stage_uses(sweep.key, s) else s for s in plan.stages}
+    runs = [replace(r, stage=stages[r.stage.name]) for r in plan.runs if r.variant in (None, label)]
+    return Plan(plan.root, plan.base, list(stages.values()), plan.seeds, runs)
 
 
 # ----------------------------------------------------------------------------- the table and plot
@@ -128,7 +134,7 @@ def collect_sweep(plan, outcomes):
     for value, label in zip(sweep.values, sweep.labels):
         results = collect(value_view(plan, label), outcomes)
         per_value.append({"value": value, "label": label, "groups": results["groups"],
-                          "stages": results["stages"]})
+                          "matrices": results["matrices"], "stages": results["stages"]})
     return {"folder": str(sweep.folder), "key": sweep.key, "values": sweep.values,
             "affected": sweep.affected, "seeds": plan.seeds, "git_commit": git_commit(),
             "numerics": numerics_counts(distinct_runs(per_value)), "per_value": per_value,
@@ -179,9 +185,11 @@ def render_sweep(results):
     lines += ["## Each value's table", ""]
     for entry in results["per_value"]:
         lines += [f"### {entry['label']}", ""]
-        for group in entry["groups"]:
-            lines += [line.replace("## Teacher", "#### Teacher", 1) for line in
-                      render_group(group, results["seeds"]) if not line.startswith("![")]
+        shown = [render_group(group, results["seeds"]) for group in entry["groups"]]
+        shown += [render_matrix(record, results["seeds"]) for record in entry.get("matrices", [])]
+        for part in shown:  # the headings one level down, without the tree's figures
+            lines += [line.replace("## ", "#### ", 1) if line.startswith("## ") else line
+                      for line in part if not line.startswith("![")]
     lines += [f"- {note}" for note in results["notes"]]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -348,3 +348,24 @@ def test_a_verdict_needs_two_seeds_on_each_side():
     assert verdict(entry(89.0, 90.0), reference) == "does not hold"  # 89.5 > 91 - 2.12
     assert verdict(entry(80.0), reference) is None                   # one seed: no spread
     assert verdict(entry(80.0, 81.0), None) is None                  # no reference in the tree
+
+
+def test_a_sweep_of_a_defence_key_renders_each_values_matrix(tmp_path):
+    from configs import FakeRunner, quiet
+
+    from repro.pipeline import make_plan
+    from repro.runner import execute
+    from repro.sweep import collect_sweep, render_sweep, sweep_plan
+    plan = sweep_plan(make_plan(_attacks_tree(tmp_path / "tree", tmp_path), seeds=[0, 1]),
+                      "sparse_ratio=0.2,0.5")
+    outcomes = execute(plan, FakeRunner(lambda r: ATTACK_ACCURACY[r.stage.name] + 2 * r.seed
+                                        + (5 if r.variant == "sparse_ratio=0.5" else 0)), quiet())
+    text = render_sweep(collect_sweep(plan, outcomes))
+    heading = "#### Defences × student strategies: teacher net (`z_base/teacher`), student net (4 ch.)"
+    assert text.count(heading) == 2  # one matrix per value, under its own heading
+    first, second = text.split("### sparse_ratio=0.5")
+    assert "| stingy (sparse 0.2) | 96.00 ± 1.41 | " in first.split("### sparse_ratio=0.2")[1]
+    # the swept row's students learn 5 points more at 0.5 in this fake; the other rows are shared
+    assert ("| stingy (sparse 0.5) | 96.00 ± 1.41 | 91.00 ± 1.41 | 92.00 ± 1.41 (+1.00) | "
+            "76.00 ± 1.41 (-15.00 / -16.00) **holds** |") in second
+    assert "| reverse | 96.00 ± 1.41 | 91.00 ± 1.41 | 92.00 ± 1.41 (+1.00) | — |" in second
