@@ -104,7 +104,7 @@ class DeviceLoader:
 
 
 def check_batch_size(params, num_train):
-    where = f"{params.source}: batch_size {params.batch_size}"
+    where = f"{params.path}: batch_size {params.batch_size}"
     if params.batch_size > num_train:
         raise ConfigError(f"{where} is larger than the {params.dataset} training split "
                           f"({num_train} images)")
