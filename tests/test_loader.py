@@ -79,7 +79,7 @@ def test_augmentation_is_applied_per_sample_with_the_drawn_parameters():
 
 
 def _params(**overrides):
-    values = dict(dataset="digits", data_dir="unused", num_workers=0, augmentation=1, path="p.json",
+    values = dict(dataset="digits", data_dir="unused", num_workers=0, augmentation=1, source="p.json",
                   batch_size=100, seed=0)
     values.update(overrides)
     return SimpleNamespace(**values)

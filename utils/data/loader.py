@@ -104,7 +104,7 @@ class DeviceLoader:
 
 
 def check_batch_size(params, num_train):
-    where = f"{params.path}: batch_size {params.batch_size}"
+    where = f"{params.source}: batch_size {params.batch_size}"
     if params.batch_size > num_train:
         raise ConfigError(f"{where} is larger than the {params.dataset} training split "
                           f"({num_train} images)")
@@ -122,7 +122,7 @@ def build_loaders(params, device, eval_batch_size=None, world=SINGLE, train_spli
                                                                      params.num_workers)
         test = spec.read(params.data_dir, False, params.num_workers)
     check_batch_size(params, len(train.labels))
-    check_world_batch(params.path, params.batch_size, len(train.labels), world)
+    check_world_batch(params.source, params.batch_size, len(train.labels), world)
     mean, std = (spec.mean, spec.std) if spec.mean else channel_stats(train.images)
     augmentation = spec.augmentation() if params.augmentation else NoAugmentation()
     layout = getattr(params, "channels_last", False)
