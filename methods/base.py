@@ -69,14 +69,23 @@ class AgainstFrozen(Objective):
         super().__init__({role: network})
         self.role, self.loss, self.transform, self.hyper = role, loss, transform, hyper
         self.per_step = per_step
+        self.cache = None  # an AnswerCache (utils/training/answer_cache.py): set by teacher_cache
 
-    def frozen_logits(self, images):
+    def frozen_logits(self, images, step=None):
+        """What the loss reads of the frozen network for `images`: its logits through `transform`,
+        the logits read from `cache` where an earlier run kept them for this `step`."""
         with torch.inference_mode():
-            logits = self.frozen[self.role](images)
+            if self.transform is not None and not needs_logits(self.transform):
+                return self.transform(images, None)  # it asks the network other queries itself
+            network = self.frozen[self.role]
+            if self.cache is not None and step is not None:
+                logits = self.cache.outputs(step, lambda: network(images))
+            else:
+                logits = network(images)
             return logits if self.transform is None else self.transform(images, logits)
 
     def forward(self, model, images, labels, step):
-        frozen_logits = self.frozen_logits(images)
+        frozen_logits = self.frozen_logits(images, step)
         logits = model(images)
         hyper = {**self.hyper, **self.per_step(step)} if self.per_step else self.hyper
         return logits, self.loss(logits, frozen_logits, labels, **hyper)
@@ -116,6 +125,13 @@ class Defence:
         if self.make is not None:
             return self.make(params, teacher)
         return partial(_logits_only, self.transform, params)
+
+
+def needs_logits(answer):
+    """Whether answer(images, logits) reads the logits of the plain queries. An answer that asks
+    the teacher other queries itself (the key holder's keyed ones, methods/sdb.py) says
+    `needs_logits = False`: the forward on the plain queries is then skipped."""
+    return getattr(answer, "needs_logits", True)
 
 
 def _logits_only(transform, params, images, logits):

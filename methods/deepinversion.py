@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from utils.base.checkpoint import load_checkpoint, remove_partial_writes, save_checkpoint
+from utils.base.checkpoint import file_sha256, load_checkpoint, remove_partial_writes, save_checkpoint
 from utils.base.errors import ConfigError, NastyError
 from utils.base.lock import RunLock, waiting_lock
 from utils.base.schema import FLAG, FLOAT, INT, Key, bounds
@@ -199,15 +199,6 @@ def batch_generator(seed, batch):
 
 # ----------------------------------------------------------------------------- the cache
 
-def file_sha256(path):
-    """Content identity of a checkpoint: a synthetic set belongs to these exact weights."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def read_cache(path, made_by):
     """The cache at `path` if it was made by `made_by` (settings and teacher); None when absent."""
     if not path.exists():
@@ -290,9 +281,9 @@ class Synthesis(NamedTuple):
 def shared_set(path, made_by, stop, synthesise):
     """The cache at the shared `path`, completed up to `stop` batches by this run unless another
     run of the same set holds its lock (then this one waits and reads what that one made)."""
-    path.parent.mkdir(exist_ok=True)
+    path.parent.mkdir(exist_ok=True)  # shareable_path made it; a caller that gives `shared` may not
     note = lambda pid: synthesise.log.info(f"Waiting for pid {pid}, which synthesises this set in {path}")
-    with waiting_lock(path.with_name(path.name + ".lock"), on_wait=note):
+    with waiting_lock(lock_path(path), on_wait=note):
         cache = read_cache(path, made_by) or empty_cache(made_by)
         if cache["batches_done"] < stop:
             for leftover in path.parent.glob(f".{path.name}.*.tmp"):  # a killed write of this file
@@ -302,6 +293,11 @@ def shared_set(path, made_by, stop, synthesise):
             synthesise.log.info(f"Synthetic set read from {path}, shared by the students of this "
                                 "teacher with this recipe and seed")
     return cache
+
+
+def lock_path(path):
+    """The file whose flock says who is making the shared set `path`."""
+    return path.with_name(path.name + ".lock")
 
 
 def shared_cache_path(teacher_resume, made_by):
@@ -398,12 +394,12 @@ def synthetic_split(params, frozen, save_path, log, world):
 
 
 def shareable_path(params, made_by, log):
-    """The shared file of this set, or None (with a warning) where the teacher's folder takes no
-    files: the run then synthesises its own."""
+    """The shared file of this set, its folder and lock file made; None (with a warning) where the
+    teacher's folder takes no files: the run then synthesises its own."""
     path = shared_cache_path(params.teacher_resume, made_by)
     try:
         path.parent.mkdir(exist_ok=True)
-        os.close(os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644))
+        os.close(os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o644))
     except OSError as error:
         log.warning(f"warning: synthesis_shared: {path.parent} takes no files ({error.strerror}); "
                     "this run synthesises its own set")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from utils.base.schema import FLOAT, INT, Key, bounds
 
 from .base import TEMPERATURE, Method, register
-from .kd import CE_WEIGHT, STUDENT, TEACHER_KEYS, from_teacher
+from .kd import CE_WEIGHT, STUDENT, TEACHER_CACHE, TEACHER_KEYS, from_teacher
 
 KEYS = (
     TEMPERATURE, *TEACHER_KEYS,
@@ -29,7 +29,7 @@ KEYS = (
         bounds(low=0)),
     Key("dkd_warmup", INT, 20, "epochs over which the DKD terms' weight rises linearly to 1",
         bounds(low=1)),
-    CE_WEIGHT)
+    CE_WEIGHT, TEACHER_CACHE)
 
 
 def binary_log_probs(logits, target_mask, T):

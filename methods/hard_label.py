@@ -7,7 +7,7 @@ teacher's (teacher_model, teacher_resume) and the defence keys; temperature and 
 import torch.nn.functional as F
 
 from .base import Method, register
-from .kd import STUDENT, TEACHER_KEYS, from_teacher
+from .kd import STUDENT, TEACHER_CACHE, TEACHER_KEYS, from_teacher
 
 
 def hard_label_loss(student_logits, teacher_logits, labels):
@@ -21,5 +21,5 @@ register(Method(
     name="hard_label", script="kd", **STUDENT,
     build=lambda params, frozen: from_teacher(params, frozen["teacher"], hard_label_loss),
     summary="cross-entropy with the teacher's argmax as the label",
-    keys=TEACHER_KEYS, terms=("hard", "ce"),
+    keys=(*TEACHER_KEYS, TEACHER_CACHE), terms=("hard", "ce"),
     log_lines=(("loss", "Train loss"), ("ce", "Train CE loss")), rank=20))

@@ -23,7 +23,6 @@ nasty teacher); the key holder's reads `"teacher_output": "sdb_key"`, the teache
 keyed versions of its queries (their train_kd_noise.py: the student itself sees the plain images),
 key and lambda read from the teacher's checkpoint.
 """
-from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -136,13 +135,21 @@ def read_key(path):
     return state["key"], float(state["key_share"])
 
 
-def keyed_answer(teacher, key, share, images, logits):
-    return teacher(keyed_queries(images, key, share))
+class KeyedAnswer:
+    """The teacher's answers to the keyed versions of the queries; the plain queries' logits are
+    not read, so the student's objective does not compute them (methods/base.needs_logits)."""
+    needs_logits = False
+
+    def __init__(self, teacher, key, share):
+        self.teacher, self.key, self.share = teacher, key, share
+
+    def __call__(self, images, logits=None):
+        return self.teacher(keyed_queries(images, self.key, self.share))
 
 
 def key_holder(params, teacher):
     key, share = read_key(params.teacher_resume)
-    return partial(keyed_answer, teacher, key.to(next(teacher.parameters()).device), share)
+    return KeyedAnswer(teacher, key.to(next(teacher.parameters()).device), share)
 
 
 register_defence(Defence(

@@ -26,7 +26,7 @@ from utils.data.registry import DATASETS
 
 from .base import TEMPERATURE, AgainstFrozen, Method, register, teacher_answers
 from .feature_kd import student_shapes
-from .kd import ALPHA, STUDENT, TEACHER_KEYS, distillation_setting, soft_kl
+from .kd import ALPHA, STUDENT, TEACHER_CACHE, TEACHER_KEYS, distillation_setting, soft_kl
 
 
 def skeptical_loss(outputs, teacher_logits, labels, T, alpha, loc, distill):
@@ -133,7 +133,7 @@ class Skeptical(AgainstFrozen):
                                                     params.kd_delay)
 
     def forward(self, model, images, labels, step):
-        teacher_logits = self.frozen_logits(images)
+        teacher_logits = self.frozen_logits(images, step)
         logits, stages = nets.forward_features(model, images)
         auxiliary = [head(stages[tap.stage]) for tap, head in zip(self.taps, self.heads)]
         outputs = [logits] + auxiliary[::-1]  # [final, deepest auxiliary, ..., shallowest]
@@ -161,7 +161,7 @@ register(Method(
           Key("loc", INT, 1, "the head the teacher is distilled into: 0 the final one, 1 the "
               "deepest auxiliary head, ...", bounds(low=0)),
           Key("kd_delay", INT, 0, "epochs of cross-entropy alone before distilling (distils while "
-              "epoch > kd_delay, 0-based, as the authors' code)", bounds(low=0))),
+              "epoch > kd_delay, 0-based, as the authors' code)", bounds(low=0)), TEACHER_CACHE),
     terms=("ce", "kl", "ce_loc", "self_kl", "ce_aux"),
     log_lines=(("loss", "Train loss"), ("ce", "Train CE loss"), ("kl", "Train KD (KL) loss")),
     check=check_skeptical, rank=10, defence_after="alpha", setting=distillation_setting,

@@ -223,7 +223,7 @@ def test_set_of_a_key_the_method_does_not_use_is_refused_before_anything_is_writ
                                           r"would change nothing \(the method's own keys: none\)$"):
         _train(run, "--set", "alpha=0.5")
     with pytest.raises(ConfigError, match=r"^--set weight: method 'kd' does not use this key.*"
-                                          r"own keys: alpha, .*sparse_ratio, teacher_model"):
+                                          r"own keys: alpha, .*sparse_ratio, teacher_cache, teacher_model"):
         train_kd.main(["--save_path", str(write_config(tmp_path / "kd", NET, **KD,
                                                        teacher_resume="t.tar")),
                        "--device", "cpu", "--set", "weight=0.1"])

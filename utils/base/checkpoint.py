@@ -10,6 +10,7 @@ or `torch.compile` (`_orig_mod.`) wrappers load into the bare network.
 """
 import collections
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -31,6 +32,16 @@ _SHOWN = 3  # keys named in a mismatch message
 def save_checkpoint(path, checkpoint):
     """Write `checkpoint` to `path` atomically; a failed write keeps the previous file."""
     _write_atomically(path, lambda f: torch.save(checkpoint, f), "checkpoint")
+
+
+def file_sha256(path):
+    """Content identity of a checkpoint file: what is made from a network belongs to these exact
+    weights (a synthetic set, a teacher's kept answers)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save_json(path, record):
