@@ -26,9 +26,10 @@ from pathlib import Path
 
 from repro.figures import add_figures
 from repro.pipeline import describe_plan, make_plan
-from repro.progress import Progress
+from repro.progress import Progress, clock
 from repro.report import collect, write_report
 from repro.runner import Interrupted, Result, SubprocessRunner, execute
+from repro.schedule import chain_seconds, estimate, lower_bound, start_order
 from repro.sweep import collect_sweep, sweep_plan, write_sweep_report
 from utils.base.errors import ConfigError, NastyError
 from utils.training.cli import OneLineParser, add_set_flag, run_script
@@ -67,6 +68,11 @@ def parse(argv):
                              "(under CUDA_VISIBLE_DEVICES=4,5,6,7, 0 is GPU 4): each running stage "
                              "gets --nproc of them (CUDA_VISIBLE_DEVICES); more jobs than that "
                              "share them")
+    parser.add_argument("--order", choices=("critical", "plan"), default="critical",
+                        help="which ready stage a free job starts: the one with the longest chain "
+                             "of work behind it (default; estimated from the stages' timed runs, "
+                             "else their networks and epochs), or the first in the plan. Never "
+                             "changes a number")
     parser.add_argument("--no-fork", action="store_true",
                         help="start every stage as a fresh Python process. By default the CPU "
                              "stages of a Linux run are forked from one process that imported "
@@ -160,17 +166,32 @@ def main(argv=None):
         plan = sweep_plan(plan, args.sweep, args.set)
     print(describe_plan(plan), flush=True)
     print(f"Up to {args.jobs} stage(s) at a time, {args.threads} intra-op thread(s) each", flush=True)
+    order = run_order(plan, args)
     if args.dry_run:
         return
     try:
         runner = SubprocessRunner(plan.base, script_flags(args), args.nproc, args.threads, args.gpus,
                                   args.jobs, fork=args.fork)
-        outcomes = execute(plan, runner, Progress())  # up to runner.jobs (args.jobs) at once
+        outcomes = execute(plan, runner, Progress(), order)  # up to runner.jobs (args.jobs) at once
         written = report_sweep(plan, outcomes, args) if plan.sweep else report(plan, outcomes, args)
     except KeyboardInterrupt:  # outside a script (those are handled by the runner)
         raise Interrupted("interrupted; run the same command again to continue") from None
     print("Written: " + ", ".join(map(str, written)))
     check_outcomes(outcomes)
+
+
+def run_order(plan, args):
+    """The order free jobs take ready runs in (--order), with a line on the work it faces."""
+    if args.jobs <= 1 or args.order == "plan":
+        return list(plan.runs)
+    work = estimate(plan)
+    if work.timed and any(work.seconds.values()):
+        print(f"Free jobs start the ready stage with the most work behind it: about "
+              f"{clock(sum(work.seconds.values()))} of work left, the longest chain "
+              f"{clock(max(chain_seconds(plan, work.seconds).values()))}, so no order ends before "
+              f"{clock(lower_bound(plan, work.seconds, args.jobs))} with {args.jobs} jobs "
+              "(estimated from the stages' timed runs)", flush=True)
+    return start_order(plan, args.jobs, work.seconds)
 
 
 def report(plan, outcomes, args):

@@ -4,10 +4,14 @@ the runs of equal thread counts trained the same weights bit for bit.
     python bench/jobs.py                                    # Digits, seeds 0 1 2: the BENCHMARKS.md row
     python bench/jobs.py --settings 1x2 1x1 2x1             # JOBSxTHREADS, one after the other
     python bench/jobs.py --tree experiments/Digits --seeds 0 --epochs 1 --settings 1x1 2x1  # quick
+    python bench/jobs.py --settings 2x1:plan 2x1            # the ready runs in plan order, then by
+                                                            # critical path (reproduce.py --order)
 
 Each setting reproduces a fresh copy of the tree's configs (in a temporary folder, run from there so
 the configs' checkpoint paths point into the copy) with `reproduce.py TREE --seeds ... --jobs J
---threads T --no-figures`, timed from start to exit. The machine should be otherwise idle.
+--threads T --no-figures`, timed from start to exit, beside the lower bound no order of those
+runs can beat, max(longest chain, total work / J), from the runs' own wall times
+(repro/schedule.py). The machine should be otherwise idle.
 """
 import argparse
 import os
@@ -23,7 +27,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from utils.base.checkpoint import load_checkpoint  # noqa: E402 (after the path)
+from repro.pipeline import make_plan  # noqa: E402 (after the path)
+from repro.schedule import finished_seconds, lower_bound  # noqa: E402
+from utils.base.checkpoint import load_checkpoint  # noqa: E402
 
 SKIP = ("seed_", "sweep_")  # generated folders: not configs
 
@@ -38,9 +44,10 @@ def copy_configs(tree, destination):
         shutil.copy(config, destination / relative)
 
 
-def reproduce(workdir, args, jobs, threads):
+def reproduce(workdir, args, jobs, threads, order):
     command = [sys.executable, str(ROOT / "reproduce.py"), args.tree, "--no-figures", "--device",
-               "cpu", "--jobs", str(jobs), "--threads", str(threads), "--seeds", *map(str, args.seeds)]
+               "cpu", "--jobs", str(jobs), "--threads", str(threads), "--order", order,
+               "--seeds", *map(str, args.seeds)]
     if args.epochs:
         command += ["--set", f"num_epochs={args.epochs}"]
     started = time.perf_counter()
@@ -59,14 +66,23 @@ def weights(workdir, tree):
     return found
 
 
+def bound(workdir, args, jobs):
+    """max(longest chain, total / jobs) of the runs' measured wall times (reproduce.jsonl)."""
+    plan = make_plan(workdir / args.tree, args.seeds)
+    seconds = {run.key: finished_seconds(run.folder) or 0.0 for run in plan.runs}
+    return lower_bound(plan, seconds, jobs)
+
+
 def same_weights(a, b):
     return a.keys() == b.keys() and all(
         all(torch.equal(a[run][k], b[run][k]) for k in a[run]) for run in a)
 
 
 def parse_setting(text):
-    jobs, threads = (int(part) for part in text.lower().split("x"))
-    return jobs, threads
+    """'2x1' -> (2, 1, 'critical'); '2x1:plan' -> (2, 1, 'plan')."""
+    sizes, _, order = text.lower().partition(":")
+    jobs, threads = (int(part) for part in sizes.split("x"))
+    return jobs, threads, order or "critical"
 
 
 def main():
@@ -75,7 +91,8 @@ def main():
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, help="--set num_epochs for every stage (quick checks)")
     parser.add_argument("--settings", nargs="+", default=["1x2", "1x1", "2x1"], metavar="JxT",
-                        help="jobs x threads per stage, run in this order")
+                        help="jobs x threads per stage, ':plan' for reproduce.py --order plan; "
+                             "run in this order")
     parser.add_argument("--keep", type=Path, metavar="DIR",
                         help="reproduce in DIR/<setting> and keep the runs and tables there")
     args = parser.parse_args()
@@ -83,25 +100,28 @@ def main():
     with tempfile.TemporaryDirectory(prefix="bench-jobs-") as scratch:
         scratch = args.keep or scratch
         for setting in args.settings:
-            jobs, threads = parse_setting(setting)
-            workdir = Path(scratch) / setting
+            jobs, threads, order = parse_setting(setting)
+            workdir = Path(scratch) / setting.replace(":", "_")
             copy_configs(args.tree, workdir)
-            seconds, command = reproduce(workdir, args, jobs, threads)
+            seconds, command = reproduce(workdir, args, jobs, threads, order)
             runs[setting] = (threads, weights(workdir, args.tree))
-            rows.append((setting, jobs, threads, seconds, command))
-            print(f"{setting}: {seconds:.0f} s", flush=True)
+            floor = bound(workdir, args, jobs)
+            rows.append((setting, jobs, threads, order, seconds, floor, command))
+            print(f"{setting}: {seconds:.0f} s (lower bound {floor:.0f} s)", flush=True)
     print_table(rows, runs, args)
 
 
 def print_table(rows, runs, args):
-    reference = rows[0][3]
+    reference = rows[0][4]
     print(f"\n{args.tree}, seeds {' '.join(map(str, args.seeds))}; {os.cpu_count()} cores here\n")
-    print("| jobs | threads per stage | wall time | speed-up vs first row | same weights as |")
-    print("| --- | --- | --- | --- | --- |")
-    for setting, jobs, threads, seconds, _ in rows:
+    print("| jobs | threads per stage | order | wall time | lower bound | wall / bound "
+          "| speed-up vs first row | same weights as |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for setting, jobs, threads, order, seconds, floor, _ in rows:
         twins = [other for other, (t, w) in runs.items()
                  if other != setting and t == threads and same_weights(w, runs[setting][1])]
-        print(f"| {jobs} | {threads} | {seconds / 60:.1f} min ({seconds:.0f} s) | "
+        print(f"| {jobs} | {threads} | {order} | {seconds / 60:.1f} min ({seconds:.0f} s) | "
+              f"{floor:.0f} s | {seconds / floor if floor else float('nan'):.2f} | "
               f"{reference / seconds:.2f}x | {', '.join(twins) or '—'} |")
     print("\nCommands (run in a fresh copy of the configs):")
     for setting, *_, command in rows:

@@ -230,6 +230,10 @@ class Method:
     # Called with the frozen networks loaded, on every rank at once: rank 0 makes it; the others
     # must wait for it without collectives (by polling a file), so no process-group timeout applies.
     train_split: Optional[Callable] = None
+    # work(params, epochs, macs) -> multiply-adds of a whole run, for reproduce.py's order of the
+    # ready runs (repro/schedule.py), where its epochs of images through its networks are far off
+    # (a synthesis); macs(name) -> one forward of that network on one image
+    work: Optional[Callable] = None
     # --- what the results tables need (repro/ reads these and names no method)
     defended: bool = False           # reads its frozen teacher through the run's defence
     label: Optional[Callable] = None  # label(params) -> its column (student) or row (defended teacher)

@@ -407,6 +407,14 @@ def shareable_path(params, made_by, log):
     return path
 
 
+def work(params, epochs, macs):
+    """Multiply-adds of a run: the synthesis (each image's iterations through the teacher, forward
+    and backward) and the epochs on the synthetic set (the student's step, the teacher's answer)."""
+    teacher, student = macs(params.teacher_model), macs(params.model_name)
+    synthesis = params.synthesis_images * params.synthesis_iterations * 3 * teacher
+    return synthesis + epochs * params.synthesis_images * (3 * student + teacher)
+
+
 def check(values):
     if values["synthesis_images"] < values["batch_size"]:
         return [f"synthesis_images = {values['synthesis_images']} is smaller than batch_size "
@@ -432,5 +440,5 @@ register(Method(
     keys=(TEMPERATURE, *TEACHER_KEYS, ALPHA, *KEYS),
     terms=("ce", "kl"),
     log_lines=(("loss", "Train loss"), ("ce", "Train CE loss"), ("kl", "Train KD (KL) loss")),
-    check=check, train_split=synthetic_split, rank=30, defence_after="alpha", setting=distillation_setting,
+    check=check, train_split=synthetic_split, work=work, rank=30, defence_after="alpha", setting=distillation_setting,
     temperature=lambda params: params.temperature, made_split=made_split))

@@ -102,6 +102,13 @@ class SafeDistillationBox(Objective):
         return logits, sdb_loss(logits, keyed_logits, adversarial, random, labels, **self.hyper)
 
 
+def work(params, epochs, macs):
+    """Multiply-adds of a run: the box trains on the plain and the keyed queries (forward and
+    backward of each) and asks its adversary and the random network once per image."""
+    model, adversary = macs(params.model_name), macs(params.adversarial_model)
+    return epochs * (DATASETS[params.dataset].train_images or 1) * (2 * 3 * model + 2 * adversary)
+
+
 def build(params, frozen):
     adversarial = frozen["adversarial"]
     device = next(adversarial.parameters()).device
@@ -120,7 +127,7 @@ register(Method(
     log_lines=(("loss", "Train loss"), ("ce", "Train teacher loss"),
                ("disturb", "Train adversarial loss 1"), ("maintain", "Train adversarial loss 2"),
                ("random", "Train random loss")),
-    diverged_hint=" or weight", label=lambda params: "SDB", rank=15,
+    diverged_hint=" or weight", label=lambda params: "SDB", rank=15, work=work,
     temperature=lambda params: params.temperature))
 
 

@@ -10,7 +10,8 @@ not the driver. Its output is appended to
 stops only the runs that need its checkpoint; everything else still runs.
 
 With `jobs` > 1 a run starts as soon as the run whose checkpoint it reads has finished and a job
-is free, taking the first such run in plan order (so `jobs=1` is the plan's order). Children run
+is free, taking among such runs the one with the longest chain of work behind it
+(repro/schedule.py; `jobs=1` keeps the plan's order). Children run
 in sessions of their own: Ctrl-C or SIGTERM reaches reproduce.py alone, which hands the same
 signal to every running child once, lets each save its epoch, and stops; a child whose driver dies
 by SIGKILL gets SIGTERM from the kernel (utils/training/cli.stop_with_parent).
@@ -36,6 +37,7 @@ from utils.training.tracking import read_jsonl
 
 from .forkserver import ForkServer
 from .pipeline import PROJECT_ROOT, RunState, changed_keys, run_status, write_run_config
+from .schedule import start_order
 
 LOG_NAME = "reproduce.log"
 ATTEMPTS_NAME = "reproduce.jsonl"
@@ -60,11 +62,14 @@ class Outcome(NamedTuple):
     message: str = ""                  # failed: the script's error line; skipped: why
 
 
-def execute(plan, runner, progress):
+def execute(plan, runner, progress, order=None):
     """Run every run of `plan` that is not finished, up to `runner.jobs` at once (the one source of
-    the job count: the runner owns the slots, GPUs included); {run.key: Outcome}."""
+    the job count: the runner owns the slots, GPUs included); {run.key: Outcome}. Free jobs take
+    the ready runs in `order` (default: repro.schedule.start_order); each keeps its plan position."""
     jobs = runner.jobs
-    outcomes, waiting, running = {}, list(enumerate(plan.runs, 1)), {}
+    position = {run.key: i for i, run in enumerate(plan.runs, 1)}
+    order = start_order(plan, jobs) if order is None else order
+    outcomes, waiting, running = {}, [(position[run.key], run) for run in order], {}
     progress.begin(len(plan.runs))
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="stage") as pool:
         try:
@@ -92,7 +97,8 @@ def execute(plan, runner, progress):
 
 
 def start_ready(plan, runner, progress, pool, state, jobs):
-    """Settle or start, in plan order, every run whose parent has an outcome, while jobs are free."""
+    """Settle or start, in `waiting`'s order, every run whose parent has an outcome, while jobs
+    are free."""
     outcomes, waiting, running = state
     settled = True
     while settled:  # a run settled without training may make the next one ready

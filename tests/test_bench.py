@@ -42,11 +42,15 @@ def test_jobs_bench_copies_the_tracked_configs_and_compares_weights(tmp_path, ca
     assert len(copied) == 5 and not any("seed_" in c or "sweep_" in c for c in copied)
     one = {"run": {"w": torch.ones(2)}}
     runs = {"1x1": (1, one), "2x1": (1, {"run": {"w": torch.ones(2)}}), "1x2": (2, one)}
-    rows = [("1x1", 1, 1, 100.0, ["python", "reproduce.py", "x"]), ("2x1", 2, 1, 50.0, ["python", "reproduce.py", "x"]),
-            ("1x2", 1, 2, 80.0, ["python", "reproduce.py", "x"])]
+    command = ["python", "reproduce.py", "x"]
+    rows = [("1x1", 1, 1, "critical", 100.0, 90.0, command), ("2x1", 2, 1, "critical", 50.0, 45.0, command),
+            ("1x2", 1, 2, "critical", 80.0, 80.0, command)]
     jobs.print_table(rows, runs, type("A", (), {"tree": "t", "seeds": [0]}))
     out = capsys.readouterr().out
-    assert "| 2 | 1 | 0.8 min (50 s) | 2.00x | 1x1 |" in out and "| 1 | 2 | 1.3 min (80 s) | 1.25x | — |" in out
+    assert "| 2 | 1 | critical | 0.8 min (50 s) | 45 s | 1.11 | 2.00x | 1x1 |" in out
+    assert "| 1 | 2 | critical | 1.3 min (80 s) | 80 s | 1.00 | 1.25x | — |" in out
+    assert jobs.parse_setting("2x1:plan") == (2, 1, "plan")
+    assert jobs.parse_setting("1x2") == (1, 2, "critical")
 
 
 @pytest.mark.slow

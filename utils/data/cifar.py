@@ -137,7 +137,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
 register_dataset("cifar10", DatasetSpec(
     10, 32, CIFAR_MEAN, CIFAR_STD, lambda data_dir, train, workers: read_cifar(data_dir, "cifar10", train),
-    partial(CropFlip, padding=4, flip=True)))
+    partial(CropFlip, padding=4, flip=True), train_images=50000))
 register_dataset("cifar100", DatasetSpec(
     100, 32, CIFAR_MEAN, CIFAR_STD, lambda data_dir, train, workers: read_cifar(data_dir, "cifar100", train),
-    partial(CropFlip, padding=4, flip=True)))
+    partial(CropFlip, padding=4, flip=True), train_images=50000))

@@ -83,4 +83,4 @@ DIGITS_STD = (0.3240893623633842,) * 3
 # mirrored digits are not digits: crop only
 register_dataset("digits", DatasetSpec(10, 32, DIGITS_MEAN, DIGITS_STD,
                                        lambda data_dir, train, workers: read_digits(train),
-                                       partial(CropFlip, padding=4, flip=False)))
+                                       partial(CropFlip, padding=4, flip=False), train_images=1438))

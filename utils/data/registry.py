@@ -24,6 +24,7 @@ class DatasetSpec(NamedTuple):
     std: Optional[Tuple[float, ...]]
     read: Callable                     # read(data_dir, train, num_workers) -> Split
     augmentation: Callable             # () -> the training augmentation of the original
+    train_images: Optional[int] = None  # size of the training split: reproduce.py's cost estimates
 
 
 DATASETS = {}

@@ -158,4 +158,4 @@ TINY_MEAN, TINY_STD = (0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)
 
 
 register_dataset("tiny_imagenet", DatasetSpec(200, 64, TINY_MEAN, TINY_STD, read_tiny_imagenet,
-                                               partial(RotateFlip, degrees=20)))
+                                               partial(RotateFlip, degrees=20), train_images=100000))
