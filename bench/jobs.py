@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from repro.pipeline import make_plan  # noqa: E402 (after the path)
-from repro.schedule import finished_seconds, lower_bound  # noqa: E402
+from repro.schedule import finished, lower_bound  # noqa: E402
 from utils.base.checkpoint import load_checkpoint  # noqa: E402
 
 SKIP = ("seed_", "sweep_")  # generated folders: not configs
@@ -69,7 +69,7 @@ def weights(workdir, tree):
 def bound(workdir, args, jobs):
     """max(longest chain, total / jobs) of the runs' measured wall times (reproduce.jsonl)."""
     plan = make_plan(workdir / args.tree, args.seeds)
-    seconds = {run.key: finished_seconds(run.folder) or 0.0 for run in plan.runs}
+    seconds = {run.key: finished(run.folder)[0] or 0.0 for run in plan.runs}
     return lower_bound(plan, seconds, jobs)
 
 

@@ -94,11 +94,11 @@ def start_student(run, frozen):
 def keep_answers(run):
     """The objective reads and keeps the teacher's logits in a folder beside the teacher's
     checkpoint named by all that decides them: its weights, the split, the batches, the numerics."""
-    params, loader = run.params, run.train_loader
     if not needs_logits(run.objective.transform):
         run.log.info("- teacher_cache: nothing to keep, this defence asks the teacher other queries "
                      "than the student's batches")
         return
+    params, loader = run.params, run.train_loader
     facts = {"teacher_model": params.teacher_model, "teacher_sha256": file_sha256(params.teacher_resume),
              "dataset": params.dataset, "split": split_digest(loader.images, loader.labels),
              "seed": params.seed, "batch_size": params.batch_size, "augmentation": params.augmentation,

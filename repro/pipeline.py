@@ -28,9 +28,11 @@ from utils.base.checkpoint import load_checkpoint
 from utils.base.errors import ConfigError, NastyError, did_you_mean
 from utils.base.schema import Word
 from utils.training.params import all_keys, keys_of, read_json
+from utils.training.tracking import read_jsonl
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SEED_FOLDER = re.compile(r"seed_\d+")
+ATTEMPTS_NAME = "reproduce.jsonl"  # one row per attempt at a run (repro/runner.record_attempt)
 SWEEP_FOLDER = re.compile(r"sweep_\w+")  # a sweep's generated runs (repro/sweep.py), not stages
 
 
@@ -309,6 +311,11 @@ def write_run_config(run, base):
     text = json.dumps(run_config(run, base), indent=4) + "\n"
     if not file.is_file() or file.read_text(encoding="utf-8") != text:
         file.write_text(text, encoding="utf-8")
+
+
+def read_attempts(folder):
+    """Rows of `folder/reproduce.jsonl`: each attempt's wall time and exit (repro/runner.py)."""
+    return read_jsonl(Path(folder) / ATTEMPTS_NAME)
 
 
 def run_status(run):

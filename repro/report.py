@@ -20,8 +20,8 @@ from utils.base.provenance import git_commit
 from utils.training.tracking import read_metrics, read_teacher_record
 
 from .matrix import find_matrices, matrix_record, render_matrix
-from .pipeline import RunState, run_status
-from .runner import Result, exit_text, read_attempts
+from .pipeline import RunState, read_attempts, run_status
+from .runner import Result, exit_text
 from .tables import (
     MISSING,
     alone_stage,

@@ -33,14 +33,19 @@ from utils.base.checkpoint import load_checkpoint
 from utils.base.errors import ConfigError, Interrupted
 from utils.base.schema import Word
 from utils.training.cli import PARENT_ENV, Terminated
-from utils.training.tracking import read_jsonl
 
 from .forkserver import ForkServer
-from .pipeline import PROJECT_ROOT, RunState, changed_keys, run_status, write_run_config
+from .pipeline import (
+    ATTEMPTS_NAME,
+    PROJECT_ROOT,
+    RunState,
+    changed_keys,
+    run_status,
+    write_run_config,
+)
 from .schedule import start_order
 
 LOG_NAME = "reproduce.log"
-ATTEMPTS_NAME = "reproduce.jsonl"
 STOP_WAIT = 60  # seconds a child gets after Ctrl-C to write its checkpoint and exit
 TORCHRUN = PROJECT_ROOT / "repro" / "launch.py"  # torchrun that ends with reproduce.py
 
@@ -317,7 +322,3 @@ def record_attempt(folder, command, started, code, env=None):
     with open(folder / ATTEMPTS_NAME, "a", encoding="utf-8") as f:
         f.write(json.dumps(row) + "\n")
 
-
-def read_attempts(folder):
-    """Rows of `folder/reproduce.jsonl`."""
-    return read_jsonl(folder / ATTEMPTS_NAME)

@@ -21,9 +21,8 @@ from typing import NamedTuple
 import nets
 from nets.cost import forward_macs
 from utils.data.registry import DATASETS
-from utils.training.tracking import read_jsonl
 
-ATTEMPTS = "reproduce.jsonl"  # repro/runner.py's record of each attempt's wall time
+from .pipeline import ATTEMPTS_NAME, read_attempts
 
 
 class Estimate(NamedTuple):
@@ -78,32 +77,29 @@ def estimate(plan):
     for run in plan.runs:
         measured = per_epoch[run.stage.name]
         work = measured * run.num_epochs if measured is not None else declared[run.key] * rate
-        seconds[run.key] = 0.0 if finished_seconds(run.folder) is not None else work
+        seconds[run.key] = 0.0 if finished(run.folder)[0] is not None else work
     return Estimate(seconds, bool(rates))
 
 
 def measured_per_epoch(folder):
     """Median wall seconds per epoch of the finished runs of a stage (its folder, its seed_*
     folders), from their attempts; None where none finished."""
-    rates = []
-    for run_folder in [folder, *sorted(Path(folder).glob("seed_*"))]:
-        seconds = finished_seconds(run_folder)
-        if seconds is not None:
-            rates.append(seconds / json.loads((run_folder / "params.json").read_text())["num_epochs"])
+    folders = [folder, *sorted(Path(folder).glob("seed_*"))]
+    rates = [seconds / epochs for seconds, epochs in map(finished, folders) if seconds is not None]
     return statistics.median(rates) if rates else None
 
 
-def finished_seconds(folder):
-    """The wall seconds of a run folder whose last attempt finished (exit 0, a best_model.tar, the
-    epochs of its params.json), from reproduce.jsonl; None for any other folder."""
-    attempts, config = folder / ATTEMPTS, folder / "params.json"
-    if not (attempts.is_file() and config.is_file() and (folder / "best_model.tar").is_file()):
-        return None
-    rows = read_jsonl(attempts)
+def finished(folder):
+    """(wall seconds, epochs) of a run folder whose last attempt finished (exit 0, a
+    best_model.tar, the epochs of its params.json), from reproduce.jsonl; (None, None) otherwise."""
+    config, made = folder / "params.json", folder / "best_model.tar"
+    if not ((folder / ATTEMPTS_NAME).is_file() and config.is_file() and made.is_file()):
+        return None, None
+    rows = read_attempts(folder)
     epochs = json.loads(config.read_text()).get("num_epochs")
     if not rows or rows[-1].get("exit_code") != 0 or not isinstance(epochs, int) or epochs < 1:
-        return None
-    return sum(row.get("seconds") or 0.0 for row in rows)
+        return None, None
+    return sum(row.get("seconds") or 0.0 for row in rows), epochs
 
 
 def declared_work(run):

@@ -122,6 +122,20 @@ def test_an_answer_that_asks_the_teacher_itself_skips_the_plain_forward():
     assert len(seen) == 1 and torch.equal(seen[0], images + 1)
 
 
+def test_a_defence_that_asks_other_queries_keeps_nothing(tmp_path, caplog):
+    from types import SimpleNamespace
+
+    from methods.kd import keep_answers
+    from methods.sdb import KeyedAnswer
+    objective = SimpleNamespace(transform=KeyedAnswer(None, None, 0.9), cache=None)
+    run = SimpleNamespace(params=SimpleNamespace(teacher_resume=str(tmp_path / "t.tar")), log=LOG,
+                          objective=objective)
+    with caplog.at_level(logging.INFO):
+        keep_answers(run)
+    assert objective.cache is None and "nothing to keep" in caplog.text
+    assert not list(tmp_path.iterdir())
+
+
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     folder = write_config(tmp_path_factory.mktemp("cache") / "teacher")

@@ -47,7 +47,6 @@ class AnswerCache:
         self.read = None        # this epoch's answers from the file, or None: computing them
         self.made = []          # this epoch's computed answers, step by step, to be written
         self.off = False        # dropped: a mismatch, or a folder that takes no files
-        self.device = None      # where the run's answers live (the read ones are moved there)
         self.epochs_read = 0
 
     def path(self, epoch):
@@ -61,17 +60,17 @@ class AnswerCache:
             self.begin(step.epoch, step.steps)
         if self.read is not None:
             if step.step != 0:
-                return self.read[step.step].to(self.device)
+                return self.read[step.step]
             fresh = compute()
-            self.device = fresh.device
             if self.matches(fresh, self.read[0]):
+                self.read = [answers.to(fresh.device) for answers in self.read]  # once an epoch
                 return fresh
             self.drop(f"{self.path(step.epoch)} does not hold this network's answers to this run's "
                       "batches (its first batch differs)")
             return fresh
         fresh = compute()
         if step.step == len(self.made):  # a contiguous epoch from its first step
-            self.made.append(fresh.detach().cpu().clone())
+            self.made.append(fresh.detach().clone())  # to the host at the epoch's end, not each step
             if len(self.made) == step.steps:
                 self.write(step.epoch)
         return fresh
@@ -103,7 +102,7 @@ class AnswerCache:
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             if not self.path(epoch).exists():
-                answers = {str(step): made for step, made in enumerate(self.made)}
+                answers = {str(step): made.cpu() for step, made in enumerate(self.made)}
                 save_checkpoint(self.path(epoch), {"state_dict": answers, "epoch": epoch})
         except (OSError, CheckpointError) as error:
             self.drop(f"{self.folder} takes no files ({getattr(error, 'strerror', None) or error})")
