@@ -9,6 +9,8 @@ write results.md, results.json and the figures into the tree.
     python reproduce.py experiments/CIFAR10 --nproc 4      # every stage on 4 GPUs (torchrun)
     python reproduce.py experiments/Digits --set num_epochs=5          # a key, where a method has it
     python reproduce.py experiments/Digits --sweep weight=0.02,0.04,0.06,0.08   # the chain per value
+    python reproduce.py experiments/CIFAR100 --launcher slurm --partition gpu --gpus-per-stage 1
+                                                           # every stage a SLURM job (repro/slurm.py)
 
 Every params.json below the folder is a stage, trained by the script its keys call for
 (adversarial_resume: train_nasty.py, teacher_resume: train_kd.py, else train_scratch.py) after the
@@ -24,11 +26,12 @@ import os
 import sys
 from pathlib import Path
 
+from repro import slurm
 from repro.figures import add_figures
 from repro.pipeline import describe_plan, make_plan
 from repro.progress import Progress, clock
 from repro.report import collect, write_report
-from repro.runner import Interrupted, Result, SubprocessRunner, execute
+from repro.runner import Interrupted, Outcome, Result, SubprocessRunner, execute
 from repro.schedule import chain_seconds, estimate, lower_bound, start_order
 from repro.sweep import collect_sweep, sweep_plan, write_sweep_report
 from utils.base.errors import ConfigError, NastyError
@@ -77,6 +80,7 @@ def parse(argv):
                         help="start every stage as a fresh Python process. By default the CPU "
                              "stages of a Linux run are forked from one process that imported "
                              "torch once (about 5 s of CPU less per stage; the same numbers)")
+    slurm.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -160,11 +164,17 @@ def main(argv=None):
     args = parse(argv)
     if args.data_dir:  # the scripts run in the plan's base folder, not necessarily here
         args.data_dir = str(Path(args.data_dir).resolve())
-    check_parallel(args)
+    slurm.check_launcher_flags(args)
+    if args.launcher == "slurm":
+        options = slurm.options_from(args, script_flags(args))
+    else:
+        check_parallel(args)
     plan = make_plan(args.folder, args.seeds, args.set)
     if args.sweep:
         plan = sweep_plan(plan, args.sweep, args.set)
     print(describe_plan(plan), flush=True)
+    if args.launcher == "slurm":
+        return on_slurm(plan, options, args)
     print(f"Up to {args.jobs} stage(s) at a time, {args.threads} intra-op thread(s) each", flush=True)
     order = run_order(plan, args)
     if args.dry_run:
@@ -178,6 +188,16 @@ def main(argv=None):
         raise Interrupted("interrupted; run the same command again to continue") from None
     print("Written: " + ", ".join(map(str, written)))
     check_outcomes(outcomes)
+
+
+def on_slurm(plan, options, args):
+    """Every run a SLURM job (repro/slurm.py); the table once every run has finished."""
+    finished = slurm.launch(plan, options, dry_run=args.dry_run, wait=args.wait,
+                            poll=args.poll or 30.0, out=lambda line: print(line, flush=True))
+    if finished:
+        outcomes = {run.key: Outcome(Result.DONE) for run in plan.runs}
+        written = report_sweep(plan, outcomes, args) if plan.sweep else report(plan, outcomes, args)
+        print("Written: " + ", ".join(map(str, written)))
 
 
 def run_order(plan, args):

@@ -30,9 +30,10 @@ from utils.base.schema import Word
 from utils.training.params import all_keys, keys_of, read_json
 from utils.training.tracking import read_jsonl
 
+from .job import ATTEMPTS_NAME
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SEED_FOLDER = re.compile(r"seed_\d+")
-ATTEMPTS_NAME = "reproduce.jsonl"  # one row per attempt at a run (repro/runner.record_attempt)
 SWEEP_FOLDER = re.compile(r"sweep_\w+")  # a sweep's generated runs (repro/sweep.py), not stages
 
 

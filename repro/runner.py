@@ -32,11 +32,11 @@ from typing import NamedTuple, Optional
 from utils.base.checkpoint import load_checkpoint
 from utils.base.errors import ConfigError, Interrupted
 from utils.base.schema import Word
-from utils.training.cli import PARENT_ENV, Terminated
+from utils.training.cli import Terminated
 
 from .forkserver import ForkServer
+from .job import LOG_NAME, STOP_WAIT, child_environment, exit_text, record_attempt
 from .pipeline import (
-    ATTEMPTS_NAME,
     PROJECT_ROOT,
     RunState,
     changed_keys,
@@ -45,8 +45,6 @@ from .pipeline import (
 )
 from .schedule import start_order
 
-LOG_NAME = "reproduce.log"
-STOP_WAIT = 60  # seconds a child gets after Ctrl-C to write its checkpoint and exit
 TORCHRUN = PROJECT_ROOT / "repro" / "launch.py"  # torchrun that ends with reproduce.py
 
 
@@ -152,13 +150,13 @@ def stop_children(runner, signum):
         runner.stop_all(signum)
 
 
-def exit_text(code):
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    return f"exit {code}"
+def stage_command(run, flags=(), nproc=1):
+    """The command that trains `run`: its method's script, resuming what its folder holds; with
+    nproc > 1 the same script under torchrun on one machine's GPUs (or CPU processes)."""
+    launcher = ([str(TORCHRUN), "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [])
+    return [sys.executable, *launcher, str(PROJECT_ROOT / run.stage.method.script_file),
+            "--save_path", str(run.folder), "--resume", "auto", *flags,
+            *[f"--set={key}={json.dumps(value)}" for key, value in run.overrides.items()]]
 
 
 class SubprocessRunner:
@@ -182,18 +180,11 @@ class SubprocessRunner:
         self.children, self.lock, self.stopping = set(), threading.Lock(), False
 
     def command(self, run):
-        # nproc > 1: the same script under torchrun on this machine's GPUs (or CPU processes)
-        launcher = ([str(TORCHRUN), "--standalone", f"--nproc_per_node={self.nproc}"]
-                    if self.nproc > 1 else [])
-        return [sys.executable, *launcher, str(PROJECT_ROOT / run.stage.method.script_file),
-                "--save_path", str(run.folder), "--resume", "auto", *self.flags,
-                *[f"--set={key}={json.dumps(value)}" for key, value in run.overrides.items()]]
+        return stage_command(run, self.flags, self.nproc)
 
     def environment(self, slot):
         """The child's variables: line-by-line output, its threads, its GPUs, its driver's pid."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=str(self.threads),
-                   MKL_NUM_THREADS=str(self.threads))
-        env[PARENT_ENV] = str(os.getpid())
+        env = child_environment(self.threads)
         if self.groups:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, self.groups[slot % len(self.groups)]))
         return env
@@ -311,14 +302,3 @@ def visible_gpus(indices, environ=None):
 def gpu_groups(gpus, nproc):
     """`gpus` cut into groups of `nproc`, one group per concurrent stage (round robin)."""
     return [gpus[i:i + nproc] for i in range(0, len(gpus) - nproc + 1, nproc)]
-
-
-def record_attempt(folder, command, started, code, env=None):
-    env = env or {}
-    row = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-           "seconds": round(time.time() - started, 3), "exit_code": code,
-           "command": shlex.join(command), "threads": env.get("OMP_NUM_THREADS"),
-           "gpus": env.get("CUDA_VISIBLE_DEVICES")}
-    with open(folder / ATTEMPTS_NAME, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-

@@ -27,7 +27,7 @@ def test_requirements_name_what_the_project_imports():
     names = {re.split(r"[<>=]", l)[0].strip()
              for l in (ROOT / "requirements.txt").read_text().splitlines() if l.strip()}
     assert names == {"torch", "torchvision", "numpy", "tqdm", "tensorboardX", "scikit-learn",
-                     "matplotlib"}
+                     "matplotlib", "submitit"}  # submitit: reproduce.py --launcher slurm
     # one command installs everything the tests need, the project's requirements included
     assert (ROOT / "requirements-dev.txt").read_text().split() == [
         "-r", "requirements.txt", "pytest", "pytest-xdist"]

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from utils.base.errors import ConfigError, Interrupted, NastyError
-from utils.training import distributed
+from utils.base.process import PARENT_ENV
 from utils.base.world import active, launched_world
+from utils.training import distributed
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -129,7 +130,6 @@ def interruption_error(message, interruption):
     return error
 
 
-PARENT_ENV = "NASTY_TEACHER_DRIVER_PID"  # set by reproduce.py for the children it starts
 PR_SET_PDEATHSIG = 1
 
 
