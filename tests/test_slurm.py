@@ -236,10 +236,12 @@ def reproduce(tree, *flags, env=None, check=True):
 
 
 def small_tree(root):
-    """The paper's five stages, 2 epochs, the normal teacher 8 (the stage cancelled midway)."""
+    """The paper's five stages, 2 epochs; the normal teacher (cancelled midway) and the student
+    trained alone (requeued midway, as a preemption does) 8."""
     paper_tree(root, root.parent, epochs=2)
-    config = json.loads((root / "z_base/teacher/params.json").read_text())
-    (root / "z_base/teacher/params.json").write_text(json.dumps({**config, "num_epochs": 8}))
+    for stage in ("z_base/teacher", "z_base/student"):
+        config = json.loads((root / stage / "params.json").read_text())
+        (root / stage / "params.json").write_text(json.dumps({**config, "num_epochs": 8}))
     return root
 
 
@@ -275,16 +277,28 @@ def check_on_cluster(cluster, tmp_path):
     again = reproduce(remote, "--launcher", "slurm", env=cluster.env)
     assert "0 job(s) submitted now, 5 queued or running from before" in again
 
-    teacher = remote / "z_base" / "teacher"
-    job_id = json.loads((teacher / slurm.JOBS_NAME).read_text())["job_id"]
+    teacher, alone = remote / "z_base" / "teacher", remote / "z_base" / "student"
+    job_of = {folder: json.loads((folder / slurm.JOBS_NAME).read_text())["job_id"]
+              for folder in (teacher, alone)}
+    stops = {teacher: ["scancel"], alone: ["scontrol", "requeue"]}  # requeue: what preemption does
     deadline = time.time() + 120
-    while epochs_done(teacher) < 1 and time.time() < deadline:
+    while stops and time.time() < deadline:
+        for folder in [f for f in stops if epochs_done(f) >= 1]:
+            assert epochs_done(folder) < 8, f"{folder} was not caught midway"
+            subprocess.run([*stops.pop(folder), job_of[folder]], env=cluster.env, check=True)
         time.sleep(0.1)
-    assert 1 <= epochs_done(teacher) < 8, "the teacher's job was not caught midway"
-    subprocess.run(["scancel", job_id], env=cluster.env, check=True)
+    assert not stops, "the jobs did not start"
+    # SLURM holds a requeued job back for about two minutes (BeginTime); let it start now
+    deadline = time.time() + 60
+    while cluster.squeue()[job_of[alone]] != "PENDING" and time.time() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job_of[alone]}", "StartTime=now"],
+                   env=cluster.env, capture_output=True)  # refused if it has started: fine
     while any(state in slurm.LIVE_STATES for state in cluster.squeue().values()):
-        time.sleep(0.5)  # its dependents end too: kill-on-invalid-dep
-    assert cluster.squeue()[job_id] == "CANCELLED"
+        time.sleep(0.5)  # the teacher's dependents end (kill-on-invalid-dep); the requeued job reruns
+    states = cluster.squeue()
+    assert (states[job_of[teacher]], states[job_of[alone]]) == ("CANCELLED", "COMPLETED")
+    assert len((alone / "reproduce.jsonl").read_text().splitlines()) == 2  # the same job, twice
 
     last = reproduce(remote, "--launcher", "slurm", "--wait", "--poll", "1", env=cluster.env)
     assert "4 job(s) submitted now" in last and "submitted again (job" in last
