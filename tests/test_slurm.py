@@ -3,6 +3,7 @@ job and after which job, the job's stop on a time limit or preemption, and a rea
 cluster (tests/slurm_cluster.py) running a small Digits tree to the local launcher's weights."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -310,3 +311,21 @@ def check_on_cluster(cluster, tmp_path):
         assert all(torch.equal(mine[k], theirs[k]) for k in mine), stage
     numbers = [json.loads((tree / "results.json").read_text())["groups"] for tree in (local, remote)]
     assert numbers[0] == numbers[1]
+
+
+def test_a_dry_run_prints_every_job_and_what_it_waits_for_and_submits_nothing(tmp_path, monkeypatch):
+    plan = make_plan(paper_tree(tmp_path / "tree", tmp_path), [0, 1])
+    monkeypatch.setattr(slurm, "check_cluster", lambda options, folders: slurm.Partition(
+        "debug", 1, 30, 60, "", True))
+    monkeypatch.setattr(slurm, "job_states", lambda: {})
+    monkeypatch.setattr(slurm, "submit_run", lambda *a: pytest.fail("a dry run submitted a job"))
+    lines = []
+    assert slurm.launch(plan, SlurmOptions(), dry_run=True, out=lines.append) is False
+    text = "\n".join(lines)
+    number = {run.key: i for i, run in enumerate(plan.runs, 1)}
+    for run in plan.runs:  # seeds are jobs too, each after its own seed's parent
+        after = f"job of #{number[run.parent_run.key]}" if run.parent_run else "-"
+        assert re.search(rf"^  {number[run.key]} +{re.escape(run.label)} +\(new\) +{after} +to submit$",
+                         text, re.M), run.label
+    assert "10 job(s) to submit, 0 queued or running from before, 0 of 10 runs finished" in text
+    assert not list(tmp_path.rglob(slurm.JOBS_NAME))
