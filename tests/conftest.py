@@ -25,8 +25,9 @@ def pytest_configure(config):
 
 
 # the longest files first: with pytest-xdist (pytest.ini: one worker per core, whole files per
-# worker), the Digits chain of test_effect.py trains while the other workers take the rest
-FIRST_FILES = ("test_effect.py", "test_distributed.py", "test_kill.py", "test_reliability.py")
+# worker), the Digits chain of test_effect.py and the SLURM cluster of test_slurm.py run while
+# the other workers take the rest
+FIRST_FILES = ("test_effect.py", "test_slurm.py", "test_distributed.py", "test_kill.py", "test_reliability.py")
 
 
 def pytest_collection_modifyitems(config, items):
