@@ -159,7 +159,8 @@ def options_from(args, flags):
     if gpus is None:
         gpus = args.nproc if args.device == "cuda" else 0
     for flag, value, least in (("--gpus-per-stage", gpus, 0), ("--cpus-per-stage", args.cpus_per_stage, 1),
-                               ("--poll", args.poll, 0.1)):
+                               ("--poll", args.poll, 0.1), ("--nproc", args.nproc, 1),
+                               ("--threads", args.threads, 1)):
         if value is not None and value < least:
             raise ConfigError(f"{flag} {value}: give {least} or more")
     if args.device == "cuda" and gpus == 0:

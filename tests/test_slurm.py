@@ -67,6 +67,7 @@ def test_flags_of_the_other_launcher_are_refused(values, message):
     (dict(device="cuda", gpus_per_stage=0), "the jobs would have no GPU"),
     (dict(device="cpu", gpus_per_stage=1), "with --device cpu"),
     (dict(cpus_per_stage=0), "--cpus-per-stage 0: give 1 or more"),
+    (dict(nproc=0), "--nproc 0: give 1 or more"),
     (dict(time="soon"), "not a SLURM time"),
 ])
 def test_job_sizes_that_cannot_work_are_refused(values, message):
