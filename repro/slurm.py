@@ -311,7 +311,7 @@ def last_job(folder):
     return rows[-1] if rows else None
 
 
-def decide(plan, states, runs=None, known=None):
+def decide(plan, states, known=None):
     """{run key: Decision}, parents first: each run's folder and the state of its last job.
     `known` holds earlier decisions of DONE runs, which are not read again."""
     decisions = {}
